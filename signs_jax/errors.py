@@ -1,0 +1,24 @@
+"""User-facing errors: one clear line, no traceback."""
+import functools
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input (a file, a flag, a data set), reported as one line."""
+
+
+def cli_main(main):
+    """Wrap a CLI entry point: a UserError prints one line to stderr and exits with status 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper
