@@ -1,0 +1,72 @@
+"""Shared fixtures: the real SIGNS data, the real-Keras parity fixtures, and compiled functions.
+
+XLA compiles dominate the suite's time, so compiled functions are built once per session and reused.
+"""
+import functools
+import os
+from pathlib import Path
+
+import h5py
+import jax
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+os.environ.setdefault("SIGNS_DATA_DIR", str(ROOT.parent / "shared" / "datasets" / "signs"))
+
+KERAS_FILES = {
+    "keras2_model": FIXTURES / "resnet50_w8_keras2_model.h5",
+    "keras2_weights": FIXTURES / "resnet50_w8_keras2_weights.h5",
+    "keras3_legacy": FIXTURES / "resnet50_w8_keras3_legacy.h5",
+}
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = Path(os.environ["SIGNS_DATA_DIR"])
+    if not (path / "test_signs.h5").exists():
+        pytest.fail(f"SIGNS data not found in {path}: set SIGNS_DATA_DIR to the folder holding test_signs.h5")
+    return path
+
+
+@pytest.fixture(scope="session")
+def keras_expected():
+    with np.load(FIXTURES / "resnet50_w8_expected.npz") as f:
+        return dict(f)
+
+
+@pytest.fixture(scope="session")
+def keras_images(data_dir, keras_expected):
+    """The real SIGNS test images Keras computed its reference probabilities on, scaled to [0, 1]."""
+    with h5py.File(data_dir / "test_signs.h5", "r") as f:
+        images = np.asarray(f["test_set_x"])[keras_expected["test_indices"]]
+    return images.astype(np.float32) / 255.0
+
+
+@pytest.fixture(scope="session")
+def keras_loaded():
+    """(model, variables) of the Keras 2 full-model fixture, loaded once."""
+    import signs_jax
+
+    return signs_jax.load_keras_h5(KERAS_FILES["keras2_model"])
+
+
+@pytest.fixture(scope="session")
+def predict_probs(keras_loaded):
+    """One compiled inference function for the width-1/8 fixture architecture: (variables, x) -> probs."""
+    model, _ = keras_loaded
+    return jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x)))
+
+
+@pytest.fixture(scope="session")
+def train_forward(keras_loaded):
+    """Compiled training-mode forward: (variables, x) -> (probs, updated batch_stats)."""
+    model, _ = keras_loaded
+
+    @jax.jit
+    def forward(variables, x):
+        logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return jax.nn.softmax(logits), updates["batch_stats"]
+
+    return forward
