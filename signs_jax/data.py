@@ -1,0 +1,266 @@
+"""SIGNS data in memory: the course h5 pair or image folders, seeded batches, and a near-duplicate audit.
+
+Images are kept as uint8 (N, H, W, 3) and scaled to [0, 1] on the device, as the original divides by 255.
+"""
+import re
+import warnings
+from pathlib import Path
+from typing import Iterator, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import config
+from .errors import UserError
+
+H5_FILES = {"train": ("train_signs.h5", "train_set_x", "train_set_y"), "test": ("test_signs.h5", "test_set_x", "test_set_y")}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+FLAT_LABEL = re.compile(r"^(\d+)_")
+
+# Test images whose RMS pixel distance (0-255 scale) to some training image is at most this are treated
+# as near-copies: the same shot saved twice sits at the JPEG-noise level (3-5), a consecutive frame of
+# the same shot at 6-15, and unrelated photos of the same sign start at about 16.
+NEAR_COPY_RMS = 15.0
+
+
+class Split(NamedTuple):
+    images: np.ndarray  # uint8 (N, H, W, 3)
+    labels: np.ndarray  # int32 (N,)
+
+
+class Dataset(NamedTuple):
+    train: Split
+    test: Split
+    class_names: Tuple[str, ...]
+    source: str
+    validation: Optional[Split] = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])
+
+
+def missing_data_message(directory: Path) -> str:
+    return (
+        f"SIGNS data not found in {directory}: expected train_signs.h5 and test_signs.h5 (or image folders "
+        f"train*/ and test*/); looked in --data-dir, then ${config.DATA_DIR_ENV}, then ./{config.DEFAULT_DATA_DIR}"
+    )
+
+
+def load_dataset(directory, image_size: Optional[Tuple[int, int]] = None) -> Dataset:
+    """The SIGNS h5 pair in `directory`, or image folders `train*/` and `test*/` (optional `val*/`) in it."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserError(missing_data_message(directory))
+    if (directory / H5_FILES["train"][0]).exists() or (directory / H5_FILES["test"][0]).exists():
+        return load_signs_h5(directory)
+    folders = {p.name.lower(): p for p in directory.iterdir() if p.is_dir()}
+    train = [p for n, p in sorted(folders.items()) if n.startswith("train")]
+    test = [p for n, p in sorted(folders.items()) if n.startswith("test")]
+    val = [p for n, p in sorted(folders.items()) if n.startswith("val")]
+    if not train or not test:
+        raise UserError(missing_data_message(directory))
+    return load_image_folders(train[0], test[0], val[0] if val else None, image_size)
+
+
+# ---------------------------------------------------------------------------------------------- h5
+
+
+def _read_h5_split(path: Path, x_key: str, y_key: str) -> Tuple[Split, Optional[List[str]]]:
+    import h5py
+
+    if not path.exists():
+        raise UserError(f"{path}: missing (the SIGNS data set needs {H5_FILES['train'][0]} and {H5_FILES['test'][0]} here)")
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in (x_key, y_key) if k not in f]
+            if missing:
+                raise UserError(f"{path}: no dataset {', '.join(missing)} (has: {', '.join(sorted(f.keys())) or 'nothing'})")
+            x, y = f[x_key], f[y_key]
+            if x.ndim != 4 or x.shape[-1] != 3:
+                raise UserError(f"{path}: {x_key} has shape {x.shape}, expected (N, H, W, 3)")
+            if x.dtype != np.uint8:
+                raise UserError(f"{path}: {x_key} has dtype {x.dtype}, expected uint8 pixels")
+            if y.shape not in ((x.shape[0],), (1, x.shape[0]), (x.shape[0], 1)):
+                raise UserError(f"{path}: {y_key} has shape {y.shape}, expected ({x.shape[0]},) labels")
+            if not np.issubdtype(y.dtype, np.integer):
+                raise UserError(f"{path}: {y_key} has dtype {y.dtype}, expected integer labels")
+            images, labels = np.asarray(x), np.asarray(y).reshape(-1).astype(np.int64)
+            classes = None
+            if "list_classes" in f:
+                classes = [c.decode() if isinstance(c, bytes) else str(c) for c in np.asarray(f["list_classes"]).reshape(-1)]
+    except UserError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise UserError(f"{path}: unreadable HDF5 file ({err})") from None
+    return Split(images, labels), classes
+
+
+def load_signs_h5(directory) -> Dataset:
+    """`train_signs.h5` / `test_signs.h5` in the course layout, validated."""
+    directory = Path(directory)
+    splits, classes = {}, None
+    for name, (filename, x_key, y_key) in H5_FILES.items():
+        splits[name], found = _read_h5_split(directory / filename, x_key, y_key)
+        classes = classes or found
+    class_names = tuple(classes) if classes else config.CLASS_NAMES
+    for name, (filename, _, y_key) in H5_FILES.items():
+        labels = splits[name].labels
+        bad = labels[(labels < 0) | (labels >= len(class_names))]
+        if bad.size:
+            raise UserError(
+                f"{directory / filename}: {y_key} holds labels {sorted(set(bad.tolist()))[:5]} outside 0..{len(class_names) - 1}"
+            )
+    if splits["train"].images.shape[1:] != splits["test"].images.shape[1:]:
+        raise UserError(f"{directory}: train and test images differ in size")
+    return Dataset(
+        Split(splits["train"].images, splits["train"].labels.astype(np.int32)),
+        Split(splits["test"].images, splits["test"].labels.astype(np.int32)),
+        class_names,
+        f"{directory} (h5)",
+    )
+
+
+# ------------------------------------------------------------------------------------ image folders
+
+
+def list_images(folder: Path) -> List[Tuple[Path, str]]:
+    """(file, class name) pairs of a folder: one sub-folder per class, or flat `{label}_*.jpg` files."""
+    folder = Path(folder)
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    items = []
+    if subdirs:
+        for sub in subdirs:
+            items += [(p, sub.name) for p in sorted(sub.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() in IMAGE_SUFFIXES:
+                match = FLAT_LABEL.match(p.name)
+                if not match:
+                    raise UserError(f"{p}: flat image folders need files named '<label>_<anything>{p.suffix}'")
+                items.append((p, match.group(1)))
+    if not items:
+        raise UserError(f"{folder}: no images (expected one sub-folder per class, or files named '<label>_*.jpg')")
+    return items
+
+
+def read_image(path: Path, size: Tuple[int, int], resample=None) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3) at `size` (height, width); EXIF orientation applied."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode not in ("RGB",):
+            img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA", "PA") else img.convert("RGB")
+        if img.size != (size[1], size[0]):
+            img = img.resize((size[1], size[0]), resample if resample is not None else Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def _class_sort_key(name: str):
+    return (0, int(name), name) if name.isdigit() else (1, 0, name)
+
+
+def load_image_folders(train_dir, test_dir, val_dir=None, image_size=None) -> Dataset:
+    """Image folders as a Dataset; unreadable files are skipped with one warning that lists them."""
+    listings = {"train": list_images(train_dir), "test": list_images(test_dir)}
+    if val_dir is not None:
+        listings["validation"] = list_images(val_dir)
+    class_names = tuple(sorted({c for items in listings.values() for _, c in items}, key=_class_sort_key))
+    index = {c: i for i, c in enumerate(class_names)}
+    if image_size is None:
+        from PIL import Image
+
+        with Image.open(listings["train"][0][0]) as first:
+            image_size = (first.height, first.width)
+    splits, skipped = {}, []
+    for name, items in listings.items():
+        images, labels = [], []
+        for path, cls in items:
+            try:
+                images.append(read_image(path, image_size))
+                labels.append(index[cls])
+            except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not fatal
+                skipped.append(f"{path} ({type(err).__name__}: {err})")
+        if not images:
+            raise UserError(f"{items[0][0].parent}: none of {len(items)} images could be read")
+        splits[name] = Split(np.stack(images), np.asarray(labels, np.int32))
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped), stacklevel=2)
+    source = f"{Path(train_dir).parent} (image folders)"
+    return Dataset(splits["train"], splits["test"], class_names, source, splits.get("validation"))
+
+
+# --------------------------------------------------------------------------------- splits, batches
+
+
+def hold_out_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
+    """Move a stratified, seeded `fraction` of the training set into `validation`."""
+    if fraction <= 0:
+        return dataset
+    if not 0 < fraction < 1:
+        raise UserError(f"--val-fraction must be in [0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for c in range(dataset.num_classes):
+        members = np.flatnonzero(dataset.train.labels == c)
+        val_idx += rng.permutation(members)[: int(round(len(members) * fraction))].tolist()
+    mask = np.zeros(len(dataset.train.labels), bool)
+    mask[val_idx] = True
+    train = Split(dataset.train.images[~mask], dataset.train.labels[~mask])
+    val = Split(dataset.train.images[mask], dataset.train.labels[mask])
+    return dataset._replace(train=train, validation=val)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of epoch `epoch`: a function of (seed, epoch) only, so a resumed run sees the same batches."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def train_batches(split: Split, batch_size: int, seed: int, epoch: int, start: int = 0) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+    """Full batches of a seeded permutation (the incomplete last batch is left out, a different one each epoch)."""
+    order = epoch_permutation(len(split.labels), seed, epoch)
+    for step in range(start, len(order) // batch_size):
+        idx = order[step * batch_size : (step + 1) * batch_size]
+        yield split.images[idx], split.labels[idx]
+
+
+def eval_batches(split: Split, batch_size: int) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Every example once, in order; the last batch is padded and `mask` marks the real examples."""
+    n = len(split.labels)
+    for start in range(0, n, batch_size):
+        images, labels = split.images[start : start + batch_size], split.labels[start : start + batch_size]
+        mask = np.ones(batch_size, bool)
+        if len(labels) < batch_size:
+            pad = batch_size - len(labels)
+            mask[len(labels) :] = False
+            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+            labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+        yield images, labels, mask
+
+
+# ------------------------------------------------------------------------------ near-copy audit
+
+
+def near_copy_distances(test_images: np.ndarray, train_images: np.ndarray, chunk: int = 64) -> Tuple[np.ndarray, np.ndarray]:
+    """For every test image: the RMS pixel distance to its nearest training image, and that image's index."""
+    train = train_images.reshape(len(train_images), -1).astype(np.float32)
+    train_sq = (train**2).sum(1)
+    best, where = [], []
+    for start in range(0, len(test_images), chunk):
+        test = test_images[start : start + chunk].reshape(-1, train.shape[1]).astype(np.float32)
+        sq = (test**2).sum(1)[:, None] + train_sq[None] - 2 * test @ train.T
+        where.append(sq.argmin(1))
+        best.append(np.sqrt(np.maximum(sq.min(1), 0) / train.shape[1]))
+    return np.concatenate(best), np.concatenate(where)
+
+
+def near_copy_mask(test_images: np.ndarray, train_images: np.ndarray, threshold: float = NEAR_COPY_RMS) -> np.ndarray:
+    """True for test images that have a near-copy in the training set."""
+    if test_images.shape[1:] != train_images.shape[1:]:
+        return np.zeros(len(test_images), bool)
+    distances, _ = near_copy_distances(test_images, train_images)
+    return distances <= threshold

@@ -1,0 +1,35 @@
+"""Training curves as a PNG (matplotlib, drawn off-screen)."""
+from pathlib import Path
+from typing import Dict, List
+
+
+def plot_curves(history: List[Dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "validation"), ("test_loss", "test")):
+        if any(key in h for h in history):
+            ax_loss.plot(epochs, [h.get(key) for h in history], marker="o", label=label)
+    for key, label in (
+        ("train_accuracy", "train"),
+        ("val_accuracy", "validation"),
+        ("test_accuracy", "test"),
+        ("test_accuracy_no_near_copies", "test, no near-copies"),
+    ):
+        if any(key in h for h in history):
+            ax_acc.plot(epochs, [h.get(key) for h in history], marker="o", label=label)
+    ax_loss.set(title="loss", xlabel="epoch")
+    ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return Path(path)

@@ -1,0 +1,146 @@
+"""Pure training and evaluation steps around one jit-compiled function each."""
+import functools
+from typing import Any, Callable, Dict, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from .augment import augment
+from .recipes import Recipe
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    ema_params: Any  # None when the recipe has no EMA
+    ema_batch_stats: Any
+    rng: jax.Array  # raw uint32 key data, so that checkpoints store it as a plain array
+
+    def eval_variables(self) -> Dict[str, Any]:
+        """The weights to evaluate and predict with: the EMA when there is one."""
+        if self.ema_params is None:
+            return {"params": self.params, "batch_stats": self.batch_stats}
+        return {"params": self.ema_params, "batch_stats": self.ema_batch_stats}
+
+
+def _is_kernel(path, _leaf) -> bool:
+    return path[-1].key == "kernel"
+
+
+def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> optax.GradientTransformation:
+    total = max(1, recipe.epochs * steps_per_epoch)
+    warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
+    if recipe.schedule == "cosine":
+        lr = optax.warmup_cosine_decay_schedule(0.0, recipe.lr, max(warmup, 1), total, end_value=0.0)
+    elif recipe.schedule == "constant":
+        lr = optax.linear_schedule(0.0, recipe.lr, warmup) if warmup else recipe.lr
+    else:
+        raise ValueError(f"unknown schedule {recipe.schedule!r}")
+    kernels_only = lambda params: jax.tree_util.tree_map_with_path(_is_kernel, params)  # noqa: E731
+    if recipe.optimizer == "adam":
+        return optax.adam(lr, eps=recipe.adam_eps)
+    if recipe.optimizer == "adamw":
+        return optax.adamw(lr, eps=recipe.adam_eps, weight_decay=recipe.weight_decay, mask=kernels_only)
+    if recipe.optimizer == "sgd":
+        return optax.chain(
+            optax.add_decayed_weights(recipe.weight_decay, mask=kernels_only), optax.sgd(lr, momentum=0.9, nesterov=True)
+        )
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def create_state(variables, tx: optax.GradientTransformation, seed: int, ema: bool = False) -> TrainState:
+    params, batch_stats = variables["params"], variables["batch_stats"]
+    copy = functools.partial(jax.tree_util.tree_map, jnp.array)  # EMA buffers must not alias the live ones
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=jax.jit(tx.init)(params),
+        ema_params=copy(params) if ema else None,
+        ema_batch_stats=copy(batch_stats) if ema else None,
+        rng=jax.random.key_data(jax.random.key(seed)),
+    )
+
+
+def l2_penalty(params, weight: float):
+    """Keras `kernel_regularizer=l2(weight)` on the layers the original regularised."""
+    return weight * (jnp.sum(jnp.square(params["conv1"]["kernel"])) + jnp.sum(jnp.square(params["fc"]["kernel"])))
+
+
+def _cross_entropy(logits, labels, num_classes: int, smoothing: float):
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing) if smoothing else jax.nn.one_hot(labels, num_classes)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, recipe: Recipe) -> Callable:
+    """`(state, images uint8, labels) -> (state, metrics)`, jit-compiled with the state donated."""
+
+    def train_step(state: TrainState, images, labels):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        x = images.astype(jnp.float32) / 255.0
+        if recipe.augment:
+            x = augment(rng, x)
+
+        def loss_fn(params):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
+            )
+            loss = _cross_entropy(logits, labels, model.num_classes, recipe.label_smoothing).mean()
+            if recipe.l2:
+                loss = loss + l2_penalty(params, recipe.l2)
+            return loss, (logits, updates["batch_stats"])
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if recipe.ema_decay:
+            d = recipe.ema_decay
+            ema = lambda old, new: d * old + (1.0 - d) * new  # noqa: E731
+            ema_params = jax.tree_util.tree_map(ema, state.ema_params, params)
+            ema_batch_stats = jax.tree_util.tree_map(ema, state.ema_batch_stats, batch_stats)
+        else:
+            ema_params, ema_batch_stats = None, None
+        metrics = {
+            "loss": loss,
+            "correct": jnp.sum(jnp.argmax(logits, -1) == labels),
+            "finite": jnp.isfinite(loss) & jax.tree_util.tree_reduce(lambda a, g: a & jnp.all(jnp.isfinite(g)), grads, True),
+        }
+        new_state = state.replace(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+            ema_params=ema_params, ema_batch_stats=ema_batch_stats,
+        )
+        return new_state, metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(model) -> Callable:
+    """`(variables, images uint8, labels, mask) -> (loss sum, correct count, probabilities)` in inference mode."""
+
+    def eval_step(variables, images, labels, mask):
+        logits = model.apply(variables, images.astype(jnp.float32) / 255.0)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        correct = (jnp.argmax(logits, -1) == labels) & mask
+        return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(correct), jax.nn.softmax(logits)
+
+    return jax.jit(eval_step)
+
+
+def evaluate(eval_step, variables, split, batch_size: int) -> Tuple[float, float, "jax.Array"]:
+    """Loss and accuracy over every example of `split`, and the probabilities (N, classes)."""
+    import numpy as np
+
+    from .data import eval_batches
+
+    loss, correct, probs = 0.0, 0, []
+    for images, labels, mask in eval_batches(split, batch_size):
+        l, c, p = eval_step(variables, images, labels, mask)
+        loss, correct = loss + l, correct + c
+        probs.append(p[: int(mask.sum())])
+    n = len(split.labels)
+    return float(loss) / n, int(correct) / n, np.concatenate([np.asarray(p) for p in probs])

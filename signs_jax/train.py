@@ -1,0 +1,325 @@
+"""`python -m signs_jax.train`: train ResNet50 on SIGNS, resumable and reproducible.
+
+The loop is plain Python around one jit-compiled train step; batches come from a permutation that
+depends only on (seed, epoch), and the step's randomness only on (seed, step), so a run resumed from
+any checkpoint — mid-epoch included — continues with exactly the batches and numbers it would have had.
+"""
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from . import config
+from .errors import UserError, cli_main
+from .recipes import RECIPES, Recipe
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m signs_jax.train",
+        description="Train the course ResNet50 on SIGNS (or on image folders). Checkpoints, metrics.jsonl, "
+        "curves.png and Result.csv go to <workdir>/<run>/.",
+    )
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="default", help="hyper-parameter set (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="seed for init, batch order and augmentation (default: 0)")
+    p.add_argument("--data-dir", help=f"SIGNS h5 pair or image folders (default: ${config.DATA_DIR_ENV}, then ./datasets)")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this stratified fraction of train for validation")
+    p.add_argument("--workdir", default=str(config.DEFAULT_WORKDIR), help="where runs are written (default: %(default)s)")
+    p.add_argument("--run", help="run name (default: <recipe>-seed<seed>-<time>); with --resume: the run to continue")
+    p.add_argument("--resume", action="store_true", help="continue the newest run in --workdir (or --run)")
+    p.add_argument("--init-from", metavar="PATH", help="start from a Keras .h5 or a run directory; the head is replaced when the class count differs")
+    p.add_argument("--width", type=float, default=1.0, help="filter-count multiplier (default: 1, the original)")
+    p.add_argument("--stage-sizes", default="3,4,6,3", help="blocks per stage (default: %(default)s, ResNet50)")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize image-folder data to H W")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay float32)")
+    p.add_argument("--conv", default=None, help="convolution implementation (default: the fastest exact one)")
+    p.add_argument("--eval-batch-size", type=int, default=120)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ setup
+
+
+def _prepare_run_dir(args) -> Path:
+    workdir = Path(args.workdir)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{workdir}: cannot create the work directory ({err.strerror})") from None
+    if not os.access(workdir, os.W_OK | os.X_OK):
+        raise UserError(f"{workdir}: work directory is not writable")
+    if args.resume:
+        from .checkpoints import newest_run
+
+        run_dir = workdir / args.run if args.run else newest_run(workdir)
+        if run_dir is None or not (run_dir / "config.json").exists():
+            raise UserError(f"{run_dir or workdir}: no run to resume")
+        return run_dir
+    name = args.run or f"{args.recipe}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = workdir / name
+    if (run_dir / "config.json").exists():
+        raise UserError(f"{run_dir}: run already exists (add --resume to continue it, or choose another --run)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _new_config(args, dataset) -> Dict[str, Any]:
+    from .models import CONV_IMPLEMENTATIONS, ResNet50
+    import inspect
+
+    recipe = RECIPES[args.recipe].replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    default_conv = inspect.signature(ResNet50).parameters["conv"].default
+    conv = args.conv or default_conv
+    if conv not in CONV_IMPLEMENTATIONS:
+        raise UserError(f"--conv {conv}: choose from {', '.join(sorted(CONV_IMPLEMENTATIONS))}")
+    try:
+        stage_sizes = [int(s) for s in args.stage_sizes.split(",")]
+    except ValueError:
+        raise UserError(f"--stage-sizes {args.stage_sizes!r}: expected four comma-separated block counts") from None
+    if len(stage_sizes) != 4 or min(stage_sizes) < 1:
+        raise UserError(f"--stage-sizes {args.stage_sizes!r}: expected four positive block counts")
+    return {
+        "recipe_name": args.recipe,
+        "recipe": dataclasses.asdict(recipe),
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "data_dir": str(config.data_dir(args.data_dir)),
+        "image_size": list(args.image_size) if args.image_size else None,
+        "init_from": args.init_from,
+        "eval_batch_size": args.eval_batch_size,
+        "model": {
+            "num_classes": dataset.num_classes,
+            "class_names": list(dataset.class_names),
+            "width": args.width,
+            "stage_sizes": stage_sizes,
+            "input_shape": list(dataset.image_shape),
+            "dtype": args.dtype,
+            "conv": conv,
+        },
+    }
+
+
+def _initial_variables(model, cfg):
+    import jax
+
+    from .models import init_variables
+
+    variables = init_variables(model, jax.random.key(cfg["seed"]))
+    if not cfg.get("init_from"):
+        return variables
+    source = Path(cfg["init_from"])
+    if source.suffix.lower() in (".h5", ".hdf5", ".keras"):
+        from .keras_h5 import load_keras_h5
+
+        _, loaded = load_keras_h5(source)
+    else:
+        from .checkpoints import restore_variables
+
+        _, loaded, _ = restore_variables(source)
+    return transfer(variables, loaded, str(source))
+
+
+def transfer(target, source, name: str):
+    """Copy every weight of `source` into `target`; a head of another class count stays freshly initialised."""
+    import jax
+    import numpy as np
+
+    flat_target = dict(jax.tree_util.tree_flatten_with_path(target)[0])
+    flat_source = dict(jax.tree_util.tree_flatten_with_path(source)[0])
+    kept_head, bad = False, []
+    for path, leaf in flat_target.items():
+        keys = [k.key for k in path]
+        src = flat_source.get(path)
+        if src is None:
+            bad.append(f"{'/'.join(keys)} missing")
+        elif np.shape(src) != leaf.shape:
+            if keys[1] == "fc":
+                kept_head = True
+            else:
+                bad.append(f"{'/'.join(keys)} expected {leaf.shape} found {np.shape(src)}")
+    if bad:
+        raise UserError(f"{name}: weights do not fit the model: " + ", ".join(bad))
+    if kept_head:
+        print(f"--init-from {name}: class count differs, the Dense head starts fresh")
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf if np.shape(flat_source[path]) != leaf.shape else jax.numpy.asarray(flat_source[path]), target
+    )
+
+
+# ------------------------------------------------------------------------------------------ loop
+
+
+class StopRequest:
+    """SIGINT/SIGTERM: finish the current step, save, exit cleanly."""
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+
+    def __enter__(self):
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _handle(self, signum, _frame):
+        if self.signal is not None:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.signal = signum
+        print(f"\n{signal.Signals(signum).name}: finishing the current step and saving a checkpoint...", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        return False
+
+
+def _append_jsonl(path: Path, record: Dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _write_result_csv(path: Path, row: Dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+    tmp.replace(path)
+
+
+def run(args) -> int:
+    import jax
+    import numpy as np
+    from tqdm import tqdm
+
+    from .checkpoints import RunCheckpoints, model_from_config, read_config
+    from .data import hold_out_validation, load_dataset, near_copy_mask, train_batches
+    from .plots import plot_curves
+    from .steps import create_state, evaluate, make_eval_step, make_optimizer, make_train_step
+
+    run_dir = _prepare_run_dir(args)
+    if args.resume:
+        cfg = read_config(run_dir)
+        if args.epochs:
+            cfg["recipe"]["epochs"] = args.epochs
+    else:
+        cfg = None
+    data_dir = Path(cfg["data_dir"]) if cfg else config.data_dir(args.data_dir)
+    image_size = tuple(cfg["image_size"]) if cfg and cfg.get("image_size") else (tuple(args.image_size) if args.image_size else None)
+    dataset = load_dataset(data_dir, image_size)
+    if cfg is None:
+        cfg = _new_config(args, dataset)
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    seed = cfg["seed"]
+    dataset = hold_out_validation(dataset, cfg["val_fraction"], seed)
+    recipe = Recipe(**cfg["recipe"])
+    model = model_from_config(cfg["model"])
+    if model.num_classes != dataset.num_classes or tuple(model.input_shape) != dataset.image_shape:
+        raise UserError(f"{data_dir}: data ({dataset.num_classes} classes, {dataset.image_shape}) does not fit the run's model")
+
+    steps_per_epoch = len(dataset.train.labels) // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise UserError(f"batch size {recipe.batch_size} is larger than the training set ({len(dataset.train.labels)} images)")
+    tx = make_optimizer(recipe, steps_per_epoch)
+    ckpts = RunCheckpoints(run_dir)
+    metrics_path = run_dir / "metrics.jsonl"
+
+    if args.resume:
+        abstract = jax.eval_shape(lambda: create_state(
+            __import__("signs_jax.models", fromlist=["x"]).abstract_variables(model), tx, seed, bool(recipe.ema_decay)))
+        state, meta, restored_step = ckpts.restore_latest(abstract)
+        epoch, start, sums = meta["epoch"], meta["step_in_epoch"], meta["epoch_sums"]
+        history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+        history = [h for h in history if h["epoch"] <= epoch]
+        print(f"resuming {run_dir} at epoch {epoch + 1}, step {restored_step}")
+    else:
+        state = create_state(_initial_variables(model, cfg), tx, seed, bool(recipe.ema_decay))
+        epoch, start, sums, history = 0, 0, {"loss": 0.0, "correct": 0, "seen": 0}, []
+        metrics_path.unlink(missing_ok=True)
+
+    train_step, eval_step = make_train_step(model, tx, recipe), make_eval_step(model)
+    near_copies = near_copy_mask(dataset.test.images, dataset.train.images)
+    print(f"run {run_dir}: {dataset.source}, {len(dataset.train.labels)} train / {len(dataset.test.labels)} test images "
+          f"({int(near_copies.sum())} test images have a near-copy in train), {model.num_classes} classes, "
+          f"recipe {cfg['recipe_name']}: {recipe.epochs} epochs x {steps_per_epoch} steps of {recipe.batch_size}")
+
+    def meta_now(epoch_, step_in_epoch, sums_):
+        return {"epoch": epoch_, "step_in_epoch": step_in_epoch, "epoch_sums": sums_, "seed": seed}
+
+    with StopRequest() as stop:
+        while epoch < recipe.epochs:
+            t0 = time.perf_counter()
+            bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step",
+                       disable=True if args.no_progress else None, leave=False, dynamic_ncols=True)
+            for k, (images, labels) in enumerate(train_batches(dataset.train, recipe.batch_size, seed, epoch, start), start):
+                state, m = train_step(state, images, labels)
+                loss, correct, finite = float(m["loss"]), int(m["correct"]), bool(m["finite"])
+                if not finite:
+                    bar.close()
+                    raise UserError(
+                        f"loss became {loss} at epoch {epoch + 1}, step {k + 1} (try a lower --lr); "
+                        f"the last good checkpoint in {ckpts.directory} is kept"
+                    )
+                sums = {"loss": sums["loss"] + loss * len(labels), "correct": sums["correct"] + correct, "seen": sums["seen"] + len(labels)}
+                elapsed = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", img_s=f"{(k + 1 - start) * recipe.batch_size / max(elapsed, 1e-9):.1f}")
+                bar.update(1)
+                if stop.signal is not None:
+                    bar.close()
+                    step = int(state.step)
+                    ckpts.save(step, state, meta_now(epoch, k + 1, sums))
+                    ckpts.close()
+                    print(f"saved step {step} to {ckpts.directory}; continue with: python -m signs_jax.train --resume --workdir {args.workdir} --run {run_dir.name}")
+                    return 0
+            bar.close()
+            train_seconds = time.perf_counter() - t0
+
+            variables = state.eval_variables()
+            record = {"epoch": epoch + 1, "step": int(state.step), "train_loss": sums["loss"] / sums["seen"],
+                      "train_accuracy": sums["correct"] / sums["seen"]}
+            if dataset.validation is not None:
+                record["val_loss"], record["val_accuracy"], _ = evaluate(eval_step, variables, dataset.validation, cfg["eval_batch_size"])
+            record["test_loss"], record["test_accuracy"], probs = evaluate(eval_step, variables, dataset.test, cfg["eval_batch_size"])
+            correct = probs.argmax(1) == dataset.test.labels
+            record["test_accuracy_no_near_copies"] = float(correct[~near_copies].mean()) if (~near_copies).any() else None
+            record["seconds"] = time.perf_counter() - t0
+            record["train_images_per_s"] = sums["seen"] / train_seconds
+            history.append(record)
+            _append_jsonl(metrics_path, record)
+            score = record.get("val_accuracy", record["test_accuracy"])
+            epoch, start, sums = epoch + 1, 0, {"loss": 0.0, "correct": 0, "seen": 0}
+            ckpts.save(int(state.step), state, meta_now(epoch, 0, sums), score=score)
+            val = f"  val {record['val_loss']:.4f}/{record['val_accuracy']:.3f}" if "val_loss" in record else ""
+            print(f"epoch {record['epoch']:3d}/{recipe.epochs}  train {record['train_loss']:.4f}/{record['train_accuracy']:.3f}{val}"
+                  f"  test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}"
+                  f" (no near-copies {record['test_accuracy_no_near_copies']:.3f})  {record['seconds']:.1f}s", flush=True)
+            plot_curves(history, run_dir / "curves.png")
+    ckpts.close()
+
+    final = history[-1] if history else {}
+    _write_result_csv(run_dir / "Result.csv", {
+        "run": run_dir.name, "recipe": cfg["recipe_name"], "epochs": recipe.epochs, "batch_size": recipe.batch_size,
+        "lr": recipe.lr, "seed": seed, "test_loss": final.get("test_loss"), "test_accuracy": final.get("test_accuracy"),
+        "test_accuracy_no_near_copies": final.get("test_accuracy_no_near_copies"), "near_copies": int(near_copies.sum()),
+        "val_accuracy": final.get("val_accuracy"), "train_seconds": round(sum(h["seconds"] for h in history), 1),
+    })
+    print(f"done: test accuracy {final.get('test_accuracy', float('nan')):.4f}; results in {run_dir}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return cli_main(lambda _: run(args))(None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
