@@ -8,6 +8,8 @@ Orbax writes each step to a temporary directory and renames it when complete, so
 mid-save still has its previous checkpoint; a newest checkpoint that fails to restore is skipped.
 """
 import json
+import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -96,10 +98,16 @@ class RunCheckpoints:
                 )
             except Exception as err:  # noqa: BLE001 - any damage means: try the previous checkpoint
                 errors.append(step)
-                warnings.warn(f"checkpoint {self.directory / str(step)} is unreadable ({type(err).__name__}); trying an older one", stacklevel=2)
+                print(f"checkpoint {self.directory / str(step)} is unreadable ({type(err).__name__}); trying an older one", file=sys.stderr)
                 continue
             if errors:
-                print(f"resuming from step {step}: newer checkpoint(s) {errors} could not be restored")
+                # Moved aside, not deleted: the run continues from `step` and will write those steps anew.
+                damaged = self.directory.parent / "damaged"
+                damaged.mkdir(exist_ok=True)
+                for bad in errors:
+                    (self.directory / str(bad)).rename(damaged / f"{bad}-{int(time.time())}")
+                self.manager.reload()
+                print(f"resuming from step {step}: newer checkpoint(s) {errors} could not be restored (moved to {damaged})")
             return restored["state"], restored["meta"], step
         if errors:
             raise UserError(f"{self.directory}: no checkpoint could be restored (tried steps {errors})")

@@ -36,7 +36,8 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> optax.GradientTransf
     total = max(1, recipe.epochs * steps_per_epoch)
     warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
     if recipe.schedule == "cosine":
-        lr = optax.warmup_cosine_decay_schedule(0.0, recipe.lr, max(warmup, 1), total, end_value=0.0)
+        warmup = min(max(warmup, 1), total - 1) if total > 1 else 0
+        lr = optax.warmup_cosine_decay_schedule(0.0, recipe.lr, warmup, max(total, warmup + 1), end_value=0.0)
     elif recipe.schedule == "constant":
         lr = optax.linear_schedule(0.0, recipe.lr, warmup) if warmup else recipe.lr
     else:

@@ -7,8 +7,8 @@ any checkpoint — mid-epoch included — continues with exactly the batches and
 import argparse
 import csv
 import dataclasses
+import functools
 import json
-import math
 import os
 import signal
 import sys
@@ -160,6 +160,25 @@ def transfer(target, source, name: str):
 # ------------------------------------------------------------------------------------------ loop
 
 
+class _CompiledSteps:
+    """Jitted steps per (model, recipe, steps per epoch): runs in one process share their compiles."""
+
+    @functools.lru_cache(maxsize=8)
+    def optimizer(self, recipe: Recipe, steps_per_epoch: int):
+        from .steps import make_optimizer
+
+        return make_optimizer(recipe, steps_per_epoch)
+
+    @functools.lru_cache(maxsize=8)
+    def __call__(self, model, recipe: Recipe, steps_per_epoch: int):
+        from .steps import make_eval_step, make_train_step
+
+        return make_train_step(model, self.optimizer(recipe, steps_per_epoch), recipe), make_eval_step(model)
+
+
+compiled_steps = _CompiledSteps()
+
+
 class StopRequest:
     """SIGINT/SIGTERM: finish the current step, save, exit cleanly."""
 
@@ -202,9 +221,10 @@ def run(args) -> int:
     from tqdm import tqdm
 
     from .checkpoints import RunCheckpoints, model_from_config, read_config
+    from .models import abstract_variables
     from .data import hold_out_validation, load_dataset, near_copy_mask, train_batches
     from .plots import plot_curves
-    from .steps import create_state, evaluate, make_eval_step, make_optimizer, make_train_step
+    from .steps import create_state, evaluate
 
     run_dir = _prepare_run_dir(args)
     if args.resume:
@@ -229,24 +249,24 @@ def run(args) -> int:
     steps_per_epoch = len(dataset.train.labels) // recipe.batch_size
     if steps_per_epoch == 0:
         raise UserError(f"batch size {recipe.batch_size} is larger than the training set ({len(dataset.train.labels)} images)")
-    tx = make_optimizer(recipe, steps_per_epoch)
+    tx = compiled_steps.optimizer(recipe, steps_per_epoch)
     ckpts = RunCheckpoints(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
 
     if args.resume:
-        abstract = jax.eval_shape(lambda: create_state(
-            __import__("signs_jax.models", fromlist=["x"]).abstract_variables(model), tx, seed, bool(recipe.ema_decay)))
+        abstract = jax.eval_shape(lambda: create_state(abstract_variables(model), tx, seed, bool(recipe.ema_decay)))
         state, meta, restored_step = ckpts.restore_latest(abstract)
         epoch, start, sums = meta["epoch"], meta["step_in_epoch"], meta["epoch_sums"]
         history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-        history = [h for h in history if h["epoch"] <= epoch]
+        history = [h for h in history if h["epoch"] <= epoch]  # drop epochs after the restored checkpoint
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
         print(f"resuming {run_dir} at epoch {epoch + 1}, step {restored_step}")
     else:
         state = create_state(_initial_variables(model, cfg), tx, seed, bool(recipe.ema_decay))
         epoch, start, sums, history = 0, 0, {"loss": 0.0, "correct": 0, "seen": 0}, []
         metrics_path.unlink(missing_ok=True)
 
-    train_step, eval_step = make_train_step(model, tx, recipe), make_eval_step(model)
+    train_step, eval_step = compiled_steps(model, recipe, steps_per_epoch)
     near_copies = near_copy_mask(dataset.test.images, dataset.train.images)
     print(f"run {run_dir}: {dataset.source}, {len(dataset.train.labels)} train / {len(dataset.test.labels)} test images "
           f"({int(near_copies.sum())} test images have a near-copy in train), {model.num_classes} classes, "

@@ -1,0 +1,232 @@
+"""Training: reproducibility, exact resume (in-process and after a real SIGINT), checkpoint faults, bad inputs.
+
+Runs use a shallow, narrow variant of the same model on a small slice of the real SIGNS data, so
+each compiles in seconds; in-process runs of one configuration share their compiled steps.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from signs_jax import train
+from signs_jax.checkpoints import restore_variables
+
+TINY = ["--width", "0.0625", "--stage-sizes", "1,1,1,1", "--batch-size", "16", "--no-progress", "--eval-batch-size", "40"]
+
+
+@pytest.fixture(scope="module")
+def small_signs(tmp_path_factory, data_dir):
+    """160 train / 40 test real SIGNS images in the course h5 layout."""
+    out = tmp_path_factory.mktemp("signs_small")
+    for split, n in (("train", 160), ("test", 40)):
+        with h5py.File(data_dir / f"{split}_signs.h5", "r") as f:
+            x, y = np.asarray(f[f"{split}_set_x"]), np.asarray(f[f"{split}_set_y"])
+            classes = np.asarray(f["list_classes"])
+        idx = np.random.default_rng(0).permutation(len(y))[:n]
+        with h5py.File(out / f"{split}_signs.h5", "w") as f:
+            f[f"{split}_set_x"], f[f"{split}_set_y"], f["list_classes"] = x[idx], y[idx], classes
+    return out
+
+
+def run_train(*args):
+    return train.main([str(a) for a in args])
+
+
+def metrics_of(run_dir: Path):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_images_per_s")} for r in records]
+
+
+def final_params(run_dir: Path):
+    _, variables, _ = restore_variables(run_dir, step=max(int(p.name) for p in (run_dir / "ckpt").iterdir() if p.name.isdigit()))
+    return variables
+
+
+def assert_bitwise_equal(a, b):
+    import jax
+
+    flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+    for (path, x), (_, y) in zip(flat_a, flat_b):
+        assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_signs, tmp_path_factory):
+    """An uninterrupted 3-epoch run: the yardstick for reproducibility and resume."""
+    workdir = tmp_path_factory.mktemp("ref")
+    assert run_train("--data-dir", small_signs, "--workdir", workdir, "--run", "ref", "--epochs", 3, *TINY) == 0
+    return workdir / "ref"
+
+
+def test_a_run_writes_metrics_curves_results_and_checkpoints(reference_run):
+    records = metrics_of(reference_run)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert all(0 <= r["test_accuracy"] <= 1 and np.isfinite(r["train_loss"]) for r in records)
+    assert (reference_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    header, row = (reference_run / "Result.csv").read_text().splitlines()
+    assert "test_accuracy_no_near_copies" in header and row.startswith("ref,default,3,16,")
+    config = json.loads((reference_run / "config.json").read_text())
+    assert config["model"]["stage_sizes"] == [1, 1, 1, 1]
+
+
+def test_same_seed_gives_identical_metrics(reference_run, small_signs, tmp_path):
+    assert run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "again", "--epochs", 3, *TINY) == 0
+    assert metrics_of(tmp_path / "again") == metrics_of(reference_run)
+    assert_bitwise_equal(final_params(tmp_path / "again"), final_params(reference_run))
+
+
+def test_another_seed_gives_other_numbers(reference_run, small_signs, tmp_path):
+    assert run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "s1", "--epochs", 1, "--seed", 1, *TINY) == 0
+    assert metrics_of(tmp_path / "s1")[0]["train_loss"] != metrics_of(reference_run)[0]["train_loss"]
+
+
+def test_sigint_saves_and_resume_ends_bit_for_bit_equal(reference_run, small_signs, tmp_path):
+    """A real process gets SIGINT mid-run, saves, exits 0; --resume finishes with the uninterrupted result."""
+    cmd = [sys.executable, "-m", "signs_jax.train", "--data-dir", str(small_signs), "--workdir", str(tmp_path),
+           "--run", "cut", "--epochs", "3", *TINY]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    for line in proc.stdout:  # wait until training is really under way
+        lines.append(line)
+        if line.startswith("epoch   1/3"):
+            proc.send_signal(signal.SIGINT)
+            break
+    out, _ = proc.communicate(timeout=300)
+    output = "".join(lines) + out
+    assert proc.returncode == 0, output
+    assert "saved step" in output, output
+    saved_step = max(int(p.name) for p in (tmp_path / "cut" / "ckpt").iterdir() if p.name.isdigit())
+    assert saved_step < 30  # 3 epochs x 10 steps: it really stopped early
+    assert "Traceback" not in output
+
+    assert run_train("--workdir", tmp_path, "--resume", "--run", "cut", "--no-progress") == 0
+    assert metrics_of(tmp_path / "cut") == metrics_of(reference_run)
+    assert_bitwise_equal(final_params(tmp_path / "cut"), final_params(reference_run))
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_an_older_one(reference_run, tmp_path, capsys):
+    run_dir = tmp_path / "ref"
+    shutil.copytree(reference_run, run_dir)
+    steps = sorted(int(p.name) for p in (run_dir / "ckpt").iterdir() if p.name.isdigit())
+    newest = run_dir / "ckpt" / str(steps[-1]) / "state"
+    for f in newest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\0" * 7)
+    assert run_train("--workdir", tmp_path, "--resume", "--run", "ref", "--epochs", 4, "--no-progress") == 0
+    out = capsys.readouterr().out
+    assert f"resuming from step {steps[-2]}" in out
+    assert [r["epoch"] for r in metrics_of(run_dir)] == [1, 2, 3, 4]
+
+
+def test_nan_loss_stops_with_a_clear_message(small_signs, tmp_path, capsys):
+    code = run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "nan", "--epochs", 1, "--lr", "1e30", *TINY)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "loss became" in err and "last good checkpoint" in err
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+
+
+def error_line(capsys, *args) -> str:
+    assert run_train(*args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_missing_data_says_what_and_where(tmp_path, capsys):
+    line = error_line(capsys, "--data-dir", tmp_path / "nowhere", "--workdir", tmp_path / "w", *TINY)
+    assert "train_signs.h5" in line and "SIGNS_DATA_DIR" in line and "nowhere" in line
+
+
+def test_one_missing_h5_file_is_named(small_signs, tmp_path, capsys):
+    shutil.copy(small_signs / "train_signs.h5", tmp_path)
+    line = error_line(capsys, "--data-dir", tmp_path, "--workdir", tmp_path / "w", *TINY)
+    assert "test_signs.h5: missing" in line
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda f: f.__delitem__("train_set_y"), "no dataset train_set_y"),
+        (lambda f: (f.__delitem__("train_set_x"), f.create_dataset("train_set_x", data=np.zeros((160, 64, 64), np.uint8))), "expected (N, H, W, 3)"),
+        (lambda f: (f.__delitem__("train_set_x"), f.create_dataset("train_set_x", data=np.zeros((160, 64, 64, 3), np.float32))), "expected uint8"),
+        (lambda f: f["train_set_y"].__setitem__(0, 9), "labels [9] outside 0..5"),
+    ],
+    ids=["missing-key", "wrong-shape", "wrong-dtype", "bad-label"],
+)
+def test_bad_h5_contents(mutate, expected, small_signs, tmp_path, capsys):
+    for name in ("train_signs.h5", "test_signs.h5"):
+        shutil.copy(small_signs / name, tmp_path)
+    with h5py.File(tmp_path / "train_signs.h5", "r+") as f:
+        mutate(f)
+    line = error_line(capsys, "--data-dir", tmp_path, "--workdir", tmp_path / "w", *TINY)
+    assert str(tmp_path / "train_signs.h5") in line and expected in line
+
+
+def test_workdir_that_cannot_be_created(small_signs, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    line = error_line(capsys, "--data-dir", small_signs, "--workdir", blocker / "runs", *TINY)
+    assert "cannot create the work directory" in line
+
+
+def test_existing_run_is_not_overwritten(reference_run, capsys):
+    line = error_line(capsys, "--workdir", reference_run.parent, "--run", "ref", "--data-dir", "x", *TINY)
+    assert "already exists" in line
+
+
+def _jpeg_folders(root: Path, data_dir: Path, classes, size):
+    from PIL import Image
+
+    with h5py.File(data_dir / "test_signs.h5", "r") as f:
+        x, y = np.asarray(f["test_set_x"]), np.asarray(f["test_set_y"])
+    for split, per_class in (("train", 12), ("test", 4)):
+        for c in classes:
+            folder = root / split / f"class_{c}"
+            folder.mkdir(parents=True)
+            for i in np.flatnonzero(y == c)[: per_class] if split == "train" else np.flatnonzero(y == c)[-per_class:]:
+                Image.fromarray(x[i]).resize(size).save(folder / f"{i}.jpg")
+
+
+def test_image_folders_with_another_class_count_and_size_train_end_to_end(data_dir, tmp_path, capsys):
+    _jpeg_folders(tmp_path / "data", data_dir, classes=(0, 2, 5), size=(80, 72))
+    (tmp_path / "data" / "train" / "class_0" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        code = run_train("--data-dir", tmp_path / "data", "--workdir", tmp_path / "w", "--run", "folders", "--epochs", 1, *TINY)
+    assert code == 0
+    config = json.loads((tmp_path / "w" / "folders" / "config.json").read_text())
+    assert config["model"]["num_classes"] == 3
+    assert config["model"]["input_shape"] == [72, 80, 3]
+    assert config["model"]["class_names"] == ["class_0", "class_2", "class_5"]
+    assert (tmp_path / "w" / "folders" / "Result.csv").exists()
+
+
+def test_empty_image_folder(tmp_path, capsys):
+    (tmp_path / "data" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "test").mkdir(parents=True)
+    line = error_line(capsys, "--data-dir", tmp_path / "data", "--workdir", tmp_path / "w", *TINY)
+    assert "no images" in line
+
+
+def test_init_from_keras_h5_replaces_a_head_of_another_class_count(data_dir, tmp_path, capsys):
+    from conftest import KERAS_FILES
+
+    _jpeg_folders(tmp_path / "data", data_dir, classes=(1, 3), size=(64, 64))
+    code = run_train("--data-dir", tmp_path / "data", "--workdir", tmp_path / "w", "--run", "tl", "--epochs", 1,
+                     "--init-from", KERAS_FILES["keras2_weights"], "--width", "0.125", "--stage-sizes", "3,4,6,3",
+                     "--batch-size", "8", "--no-progress")
+    assert code == 0, capsys.readouterr().err
+    assert "the Dense head starts fresh" in capsys.readouterr().out
