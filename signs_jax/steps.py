@@ -78,8 +78,11 @@ def _cross_entropy(logits, labels, num_classes: int, smoothing: float):
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def make_train_step(model, tx: optax.GradientTransformation, recipe: Recipe) -> Callable:
-    """`(state, images uint8, labels) -> (state, metrics)`, jit-compiled with the state donated."""
+def make_train_step(model, tx: optax.GradientTransformation, recipe: Recipe, dp=None) -> Callable:
+    """`(state, images uint8, labels) -> (state, metrics)`, jit-compiled with the state donated.
+
+    With a `DataParallel` the batch arrives sharded over its mesh and everything else is replicated.
+    """
 
     def train_step(state: TrainState, images, labels):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
@@ -117,10 +120,13 @@ def make_train_step(model, tx: optax.GradientTransformation, recipe: Recipe) -> 
         )
         return new_state, metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    if dp is None:
+        return jax.jit(train_step, donate_argnums=0)
+    r, b = dp.replicated, dp.batch
+    return jax.jit(train_step, donate_argnums=0, in_shardings=(r, b, b), out_shardings=(r, r))
 
 
-def make_eval_step(model) -> Callable:
+def make_eval_step(model, dp=None) -> Callable:
     """`(variables, images uint8, labels, mask) -> (loss sum, correct count, probabilities)` in inference mode."""
 
     def eval_step(variables, images, labels, mask):
@@ -129,10 +135,13 @@ def make_eval_step(model) -> Callable:
         correct = (jnp.argmax(logits, -1) == labels) & mask
         return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(correct), jax.nn.softmax(logits)
 
-    return jax.jit(eval_step)
+    if dp is None:
+        return jax.jit(eval_step)
+    r, b = dp.replicated, dp.batch
+    return jax.jit(eval_step, in_shardings=(r, b, b, b), out_shardings=(r, r, r))
 
 
-def evaluate(eval_step, variables, split, batch_size: int) -> Tuple[float, float, "jax.Array"]:
+def evaluate(eval_step, variables, split, batch_size: int, dp=None) -> Tuple[float, float, "jax.Array"]:
     """Loss and accuracy over every example of `split`, and the probabilities (N, classes)."""
     import numpy as np
 
@@ -140,7 +149,8 @@ def evaluate(eval_step, variables, split, batch_size: int) -> Tuple[float, float
 
     loss, correct, probs = 0.0, 0, []
     for images, labels, mask in eval_batches(split, batch_size):
-        l, c, p = eval_step(variables, images, labels, mask)
+        batch = (images, labels, mask) if dp is None else dp.shard(images, labels, mask)
+        l, c, p = eval_step(variables, *batch)
         loss, correct = loss + l, correct + c
         probs.append(p[: int(mask.sum())])
     n = len(split.labels)

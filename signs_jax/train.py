@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conv", default=None, help="convolution implementation (default: the fastest exact one)")
     p.add_argument("--eval-batch-size", type=int, default=120)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
+    dist = p.add_argument_group("multi-process training (jax.distributed; or SIGNS_JAX_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)")
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
+    dist.add_argument("--num-processes", type=int, help="number of processes in the run")
+    dist.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
     return p
 
 
@@ -170,10 +174,10 @@ class _CompiledSteps:
         return make_optimizer(recipe, steps_per_epoch)
 
     @functools.lru_cache(maxsize=8)
-    def __call__(self, model, recipe: Recipe, steps_per_epoch: int):
+    def __call__(self, model, recipe: Recipe, steps_per_epoch: int, dp):
         from .steps import make_eval_step, make_train_step
 
-        return make_train_step(model, self.optimizer(recipe, steps_per_epoch), recipe), make_eval_step(model)
+        return make_train_step(model, self.optimizer(recipe, steps_per_epoch), recipe, dp), make_eval_step(model, dp)
 
 
 compiled_steps = _CompiledSteps()
@@ -226,6 +230,12 @@ def run(args) -> int:
     from .plots import plot_curves
     from .steps import create_state, evaluate
 
+    from .parallel import DataParallel, initialize_distributed
+
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    dp = DataParallel.over_all_devices()
+    if dp.process_count > 1 and not (args.run or args.resume):
+        raise UserError("multi-process training needs --run NAME so that every process writes the same run")
     run_dir = _prepare_run_dir(args)
     if args.resume:
         cfg = read_config(run_dir)
@@ -238,7 +248,8 @@ def run(args) -> int:
     dataset = load_dataset(data_dir, image_size)
     if cfg is None:
         cfg = _new_config(args, dataset)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    if dp.is_primary:
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
     seed = cfg["seed"]
     dataset = hold_out_validation(dataset, cfg["val_fraction"], seed)
     recipe = Recipe(**cfg["recipe"])
@@ -249,28 +260,35 @@ def run(args) -> int:
     steps_per_epoch = len(dataset.train.labels) // recipe.batch_size
     if steps_per_epoch == 0:
         raise UserError(f"batch size {recipe.batch_size} is larger than the training set ({len(dataset.train.labels)} images)")
+    dp.check_batch_size(recipe.batch_size)
+    dp.check_batch_size(cfg["eval_batch_size"], "--eval-batch-size")
     tx = compiled_steps.optimizer(recipe, steps_per_epoch)
     ckpts = RunCheckpoints(run_dir)
     metrics_path = run_dir / "metrics.jsonl"
 
     if args.resume:
         abstract = jax.eval_shape(lambda: create_state(abstract_variables(model), tx, seed, bool(recipe.ema_decay)))
+        abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dp.replicated), abstract)
         state, meta, restored_step = ckpts.restore_latest(abstract)
         epoch, start, sums = meta["epoch"], meta["step_in_epoch"], meta["epoch_sums"]
         history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
         history = [h for h in history if h["epoch"] <= epoch]  # drop epochs after the restored checkpoint
-        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+        if dp.is_primary:
+            metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
         print(f"resuming {run_dir} at epoch {epoch + 1}, step {restored_step}")
     else:
-        state = create_state(_initial_variables(model, cfg), tx, seed, bool(recipe.ema_decay))
+        state = dp.replicate(create_state(_initial_variables(model, cfg), tx, seed, bool(recipe.ema_decay)))
         epoch, start, sums, history = 0, 0, {"loss": 0.0, "correct": 0, "seen": 0}, []
-        metrics_path.unlink(missing_ok=True)
+        if dp.is_primary:
+            metrics_path.unlink(missing_ok=True)
 
-    train_step, eval_step = compiled_steps(model, recipe, steps_per_epoch)
+    train_step, eval_step = compiled_steps(model, recipe, steps_per_epoch, dp)
+    say = print if dp.is_primary else (lambda *a, **k: None)
     near_copies = near_copy_mask(dataset.test.images, dataset.train.images)
-    print(f"run {run_dir}: {dataset.source}, {len(dataset.train.labels)} train / {len(dataset.test.labels)} test images "
+    say(f"run {run_dir}: {dataset.source}, {len(dataset.train.labels)} train / {len(dataset.test.labels)} test images "
           f"({int(near_copies.sum())} test images have a near-copy in train), {model.num_classes} classes, "
-          f"recipe {cfg['recipe_name']}: {recipe.epochs} epochs x {steps_per_epoch} steps of {recipe.batch_size}")
+          f"recipe {cfg['recipe_name']}: {recipe.epochs} epochs x {steps_per_epoch} steps of {recipe.batch_size}"
+          f" on {dp.num_devices} device(s) in {dp.process_count} process(es)")
 
     def meta_now(epoch_, step_in_epoch, sums_):
         return {"epoch": epoch_, "step_in_epoch": step_in_epoch, "epoch_sums": sums_, "seed": seed}
@@ -279,9 +297,9 @@ def run(args) -> int:
         while epoch < recipe.epochs:
             t0 = time.perf_counter()
             bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step",
-                       disable=True if args.no_progress else None, leave=False, dynamic_ncols=True)
+                       disable=True if args.no_progress or not dp.is_primary else None, leave=False, dynamic_ncols=True)
             for k, (images, labels) in enumerate(train_batches(dataset.train, recipe.batch_size, seed, epoch, start), start):
-                state, m = train_step(state, images, labels)
+                state, m = train_step(state, *dp.shard(images, labels))
                 loss, correct, finite = float(m["loss"]), int(m["correct"]), bool(m["finite"])
                 if not finite:
                     bar.close()
@@ -307,23 +325,27 @@ def run(args) -> int:
             record = {"epoch": epoch + 1, "step": int(state.step), "train_loss": sums["loss"] / sums["seen"],
                       "train_accuracy": sums["correct"] / sums["seen"]}
             if dataset.validation is not None:
-                record["val_loss"], record["val_accuracy"], _ = evaluate(eval_step, variables, dataset.validation, cfg["eval_batch_size"])
-            record["test_loss"], record["test_accuracy"], probs = evaluate(eval_step, variables, dataset.test, cfg["eval_batch_size"])
+                record["val_loss"], record["val_accuracy"], _ = evaluate(eval_step, variables, dataset.validation, cfg["eval_batch_size"], dp)
+            record["test_loss"], record["test_accuracy"], probs = evaluate(eval_step, variables, dataset.test, cfg["eval_batch_size"], dp)
             correct = probs.argmax(1) == dataset.test.labels
             record["test_accuracy_no_near_copies"] = float(correct[~near_copies].mean()) if (~near_copies).any() else None
             record["seconds"] = time.perf_counter() - t0
             record["train_images_per_s"] = sums["seen"] / train_seconds
             history.append(record)
-            _append_jsonl(metrics_path, record)
+            if dp.is_primary:
+                _append_jsonl(metrics_path, record)
             score = record.get("val_accuracy", record["test_accuracy"])
             epoch, start, sums = epoch + 1, 0, {"loss": 0.0, "correct": 0, "seen": 0}
             ckpts.save(int(state.step), state, meta_now(epoch, 0, sums), score=score)
             val = f"  val {record['val_loss']:.4f}/{record['val_accuracy']:.3f}" if "val_loss" in record else ""
-            print(f"epoch {record['epoch']:3d}/{recipe.epochs}  train {record['train_loss']:.4f}/{record['train_accuracy']:.3f}{val}"
+            say(f"epoch {record['epoch']:3d}/{recipe.epochs}  train {record['train_loss']:.4f}/{record['train_accuracy']:.3f}{val}"
                   f"  test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}"
                   f" (no near-copies {record['test_accuracy_no_near_copies']:.3f})  {record['seconds']:.1f}s", flush=True)
-            plot_curves(history, run_dir / "curves.png")
+            if dp.is_primary:
+                plot_curves(history, run_dir / "curves.png")
     ckpts.close()
+    if not dp.is_primary:
+        return 0
 
     final = history[-1] if history else {}
     _write_result_csv(run_dir / "Result.csv", {
