@@ -130,7 +130,9 @@ def restore_variables(run_dir: Path, step: Optional[int] = None) -> Tuple[Any, D
         raise UserError(f"{run_dir}: run has no checkpoints yet")
     ckpts = RunCheckpoints(run_dir, read_only=True)
     candidates = [step] if step is not None else [s for s in [ckpts.manager.best_step()] if s is not None] + ckpts.steps()
-    abstract = abstract_variables(model)
+    # Explicit shardings: the checkpoint may come from a run over other devices (or processes).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_variables(model))
     for candidate in dict.fromkeys(candidates):
         try:
             restored = ckpts.manager.restore(candidate, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))

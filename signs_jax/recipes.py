@@ -39,4 +39,16 @@ RECIPES = {
         augment=True,
         ema_decay=None,
     ),
+    # SGD with Nesterov momentum: the classic ResNet recipe.
+    "sgd": Recipe(
+        epochs=15,
+        batch_size=32,
+        lr=0.05,
+        optimizer="sgd",
+        weight_decay=5e-4,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        augment=True,
+    ),
 }

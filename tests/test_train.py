@@ -23,20 +23,6 @@ from signs_jax.checkpoints import restore_variables
 TINY = ["--width", "0.0625", "--stage-sizes", "1,1,1,1", "--batch-size", "16", "--no-progress", "--eval-batch-size", "40"]
 
 
-@pytest.fixture(scope="module")
-def small_signs(tmp_path_factory, data_dir):
-    """160 train / 40 test real SIGNS images in the course h5 layout."""
-    out = tmp_path_factory.mktemp("signs_small")
-    for split, n in (("train", 160), ("test", 40)):
-        with h5py.File(data_dir / f"{split}_signs.h5", "r") as f:
-            x, y = np.asarray(f[f"{split}_set_x"]), np.asarray(f[f"{split}_set_y"])
-            classes = np.asarray(f["list_classes"])
-        idx = np.random.default_rng(0).permutation(len(y))[:n]
-        with h5py.File(out / f"{split}_signs.h5", "w") as f:
-            f[f"{split}_set_x"], f[f"{split}_set_y"], f["list_classes"] = x[idx], y[idx], classes
-    return out
-
-
 def run_train(*args):
     return train.main([str(a) for a in args])
 
