@@ -74,8 +74,7 @@ def _prepare_run_dir(args) -> Path:
     run_dir = workdir / name
     if (run_dir / "config.json").exists():
         raise UserError(f"{run_dir}: run already exists (add --resume to continue it, or choose another --run)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return run_dir  # created once the data has loaded, so a failed start leaves nothing behind
 
 
 def _new_config(args, dataset) -> Dict[str, Any]:
@@ -249,6 +248,7 @@ def run(args) -> int:
     if cfg is None:
         cfg = _new_config(args, dataset)
     if dp.is_primary:
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
     seed = cfg["seed"]
     dataset = hold_out_validation(dataset, cfg["val_fraction"], seed)

@@ -141,6 +141,7 @@ def test_one_missing_h5_file_is_named(small_signs, tmp_path, capsys):
     shutil.copy(small_signs / "train_signs.h5", tmp_path)
     line = error_line(capsys, "--data-dir", tmp_path, "--workdir", tmp_path / "w", *TINY)
     assert "test_signs.h5: missing" in line
+    assert list((tmp_path / "w").iterdir()) == []  # a failed start leaves no half-made run behind
 
 
 @pytest.mark.parametrize(
