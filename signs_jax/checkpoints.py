@@ -39,6 +39,7 @@ def model_from_config(model_config: Dict[str, Any]):
         input_shape=tuple(model_config["input_shape"]),
         dtype=jnp.dtype(model_config.get("dtype", "float32")),
         conv=model_config.get("conv", "xla"),
+        bn_momentum=model_config.get("bn_momentum", 0.99),
     )
 
 
@@ -74,11 +75,12 @@ class RunCheckpoints:
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "variables", "meta"))
 
-    def save(self, step: int, state, meta: Dict[str, Any], score: Optional[float] = None) -> None:
+    def save(self, step: int, state, meta: Dict[str, Any], score: Optional[float] = None, variables=None) -> None:
+        """Save `state` for resuming and `variables` (default: the state's eval weights) for predicting."""
         ocp = _ocp()
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            variables=ocp.args.StandardSave(state.eval_variables()),
+            variables=ocp.args.StandardSave(variables if variables is not None else state.eval_variables()),
             meta=ocp.args.JsonSave(meta),
         )
         self.manager.save(step, args=args, metrics=None if score is None else {"score": float(score)}, force=True)

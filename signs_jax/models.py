@@ -80,6 +80,7 @@ class ResNet(nn.Module):
     num_classes: int = config.NUM_CLASSES
     input_shape: Tuple[int, int, int] = config.INPUT_SHAPE
     kernel_size: int = 3
+    bn_momentum: float = config.BN_MOMENTUM
     dtype: Any = jnp.float32
     conv: ModuleDef = XlaConv
     norm: ModuleDef = BatchNorm
@@ -87,7 +88,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=jnp.float32)
-        norm = functools.partial(self.norm, use_running_average=not train, dtype=self.dtype)
+        norm = functools.partial(self.norm, use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype)
 
         x = jnp.asarray(x, self.dtype)
         x = conv(self.stem_filters, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
@@ -115,6 +116,7 @@ def ResNet50(
     input_shape: Tuple[int, int, int] = config.INPUT_SHAPE,
     dtype: Any = jnp.float32,
     conv: str = "xla",
+    bn_momentum: float = config.BN_MOMENTUM,
 ) -> ResNet:
     """The original model; `width` scales every filter count and `stage_sizes` sets the depth.
 
@@ -133,6 +135,7 @@ def ResNet50(
         input_shape=tuple(input_shape),
         dtype=dtype,
         conv=CONV_IMPLEMENTATIONS[conv],
+        bn_momentum=bn_momentum,
     )
 
 

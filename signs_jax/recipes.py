@@ -17,6 +17,15 @@ class Recipe:
     augment: bool = False
     ema_decay: Optional[float] = None  # evaluate an exponential moving average of the weights
     adam_eps: float = 1e-7  # Keras's Adam epsilon
+    bn_momentum: float = 0.99  # Keras's BatchNormalization default
+    # Every conv of the model feeds a BatchNorm, so its bias has a true gradient of exactly zero; Adam
+    # rescales the rounding noise into steps of about the learning rate, the biases random-walk, and
+    # the moving means lag behind them: inference-mode accuracy then swings wildly (the original's
+    # instability). Frozen, the biases stay at zero and the function is unchanged.
+    freeze_conv_bias: bool = False
+    # Evaluate and save with BatchNorm statistics re-estimated on this many un-augmented training
+    # images ("precise BN"); 0 keeps the moving averages, as Keras does.
+    bn_recalibration_images: int = 0
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -38,6 +47,8 @@ RECIPES = {
         label_smoothing=0.1,
         augment=True,
         ema_decay=None,
+        freeze_conv_bias=True,
+        bn_recalibration_images=480,
     ),
     # SGD with Nesterov momentum: the classic ResNet recipe.
     "sgd": Recipe(
@@ -50,5 +61,7 @@ RECIPES = {
         warmup_epochs=1.0,
         label_smoothing=0.1,
         augment=True,
+        freeze_conv_bias=True,
+        bn_recalibration_images=480,
     ),
 }

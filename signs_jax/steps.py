@@ -44,14 +44,29 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> optax.GradientTransf
         raise ValueError(f"unknown schedule {recipe.schedule!r}")
     kernels_only = lambda params: jax.tree_util.tree_map_with_path(_is_kernel, params)  # noqa: E731
     if recipe.optimizer == "adam":
-        return optax.adam(lr, eps=recipe.adam_eps)
-    if recipe.optimizer == "adamw":
-        return optax.adamw(lr, eps=recipe.adam_eps, weight_decay=recipe.weight_decay, mask=kernels_only)
-    if recipe.optimizer == "sgd":
-        return optax.chain(
+        tx = optax.adam(lr, eps=recipe.adam_eps)
+    elif recipe.optimizer == "adamw":
+        tx = optax.adamw(lr, eps=recipe.adam_eps, weight_decay=recipe.weight_decay, mask=kernels_only)
+    elif recipe.optimizer == "sgd":
+        tx = optax.chain(
             optax.add_decayed_weights(recipe.weight_decay, mask=kernels_only), optax.sgd(lr, momentum=0.9, nesterov=True)
         )
-    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+    else:
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+    if recipe.freeze_conv_bias:
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, _conv_bias_labels)
+    return tx
+
+
+def _conv_bias_labels(params):
+    """'frozen' for the bias of every conv (each feeds a BatchNorm), 'train' for everything else."""
+
+    def label(path, _leaf):
+        keys = [k.key for k in path]
+        is_conv_bias = keys[-1] == "bias" and not keys[-2].startswith("bn") and keys[-2] != "fc"
+        return "frozen" if is_conv_bias else "train"
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def create_state(variables, tx: optax.GradientTransformation, seed: int, ema: bool = False) -> TrainState:
@@ -155,3 +170,38 @@ def evaluate(eval_step, variables, split, batch_size: int, dp=None) -> Tuple[flo
         probs.append(p[: int(mask.sum())])
     n = len(split.labels)
     return float(loss) / n, int(correct) / n, np.concatenate([np.asarray(p) for p in probs])
+
+
+def make_bn_statistics_step(model, dp=None) -> Callable:
+    """`(variables, images uint8) -> batch_stats` holding this batch's own BatchNorm statistics.
+
+    A clone with BatchNorm momentum 0 writes the batch statistics (Keras's unbiased variance) where
+    the moving averages would go, each layer seeing inputs normalised as in training.
+    """
+    probe = model.clone(bn_momentum=0.0)
+
+    def batch_statistics(variables, images):
+        _, updates = probe.apply(variables, images.astype(jnp.float32) / 255.0, train=True, mutable=["batch_stats"])
+        return updates["batch_stats"]
+
+    if dp is None:
+        return jax.jit(batch_statistics)
+    return jax.jit(batch_statistics, in_shardings=(dp.replicated, dp.batch), out_shardings=dp.replicated)
+
+
+def recalibrate_batch_stats(stats_step, variables, images, batch_size: int, dp=None) -> Dict[str, Any]:
+    """'Precise BatchNorm': population statistics of the current weights on un-augmented images.
+
+    The moving averages follow augmented batches (brightness and contrast widen the input variance)
+    and weights that kept changing; inference on clean images needs the statistics of clean images
+    under the final weights. Averages the statistics of every full batch of `images`.
+    """
+    total, count = None, 0
+    for start in range(0, len(images) - batch_size + 1, batch_size):
+        batch = images[start : start + batch_size]
+        stats = stats_step(variables, batch if dp is None else dp.shard(batch))
+        total = stats if total is None else jax.tree_util.tree_map(jnp.add, total, stats)
+        count += 1
+    if total is None:
+        return variables
+    return {"params": variables["params"], "batch_stats": jax.tree_util.tree_map(lambda s: s / count, total)}

@@ -109,6 +109,7 @@ def _new_config(args, dataset) -> Dict[str, Any]:
             "input_shape": list(dataset.image_shape),
             "dtype": args.dtype,
             "conv": conv,
+            "bn_momentum": recipe.bn_momentum,
         },
     }
 
@@ -174,9 +175,10 @@ class _CompiledSteps:
 
     @functools.lru_cache(maxsize=8)
     def __call__(self, model, recipe: Recipe, steps_per_epoch: int, dp):
-        from .steps import make_eval_step, make_train_step
+        from .steps import make_bn_statistics_step, make_eval_step, make_train_step
 
-        return make_train_step(model, self.optimizer(recipe, steps_per_epoch), recipe, dp), make_eval_step(model, dp)
+        return (make_train_step(model, self.optimizer(recipe, steps_per_epoch), recipe, dp), make_eval_step(model, dp),
+                make_bn_statistics_step(model, dp))
 
 
 compiled_steps = _CompiledSteps()
@@ -227,7 +229,7 @@ def run(args) -> int:
     from .models import abstract_variables
     from .data import hold_out_validation, load_dataset, near_copy_mask, train_batches
     from .plots import plot_curves
-    from .steps import create_state, evaluate
+    from .steps import create_state, evaluate, recalibrate_batch_stats
 
     from .parallel import DataParallel, initialize_distributed
 
@@ -282,7 +284,9 @@ def run(args) -> int:
         if dp.is_primary:
             metrics_path.unlink(missing_ok=True)
 
-    train_step, eval_step = compiled_steps(model, recipe, steps_per_epoch, dp)
+    train_step, eval_step, bn_statistics_step = compiled_steps(model, recipe, steps_per_epoch, dp)
+    # A fixed, seeded subset of clean training images for re-estimating BatchNorm statistics.
+    calibration_images = dataset.train.images[np.random.default_rng([seed, 7]).permutation(len(dataset.train.labels))[: recipe.bn_recalibration_images]]
     say = print if dp.is_primary else (lambda *a, **k: None)
     near_copies = near_copy_mask(dataset.test.images, dataset.train.images)
     say(f"run {run_dir}: {dataset.source}, {len(dataset.train.labels)} train / {len(dataset.test.labels)} test images "
@@ -322,6 +326,8 @@ def run(args) -> int:
             train_seconds = time.perf_counter() - t0
 
             variables = state.eval_variables()
+            if recipe.bn_recalibration_images:
+                variables = recalibrate_batch_stats(bn_statistics_step, variables, calibration_images, cfg["eval_batch_size"], dp)
             record = {"epoch": epoch + 1, "step": int(state.step), "train_loss": sums["loss"] / sums["seen"],
                       "train_accuracy": sums["correct"] / sums["seen"]}
             if dataset.validation is not None:
@@ -336,7 +342,7 @@ def run(args) -> int:
                 _append_jsonl(metrics_path, record)
             score = record.get("val_accuracy", record["test_accuracy"])
             epoch, start, sums = epoch + 1, 0, {"loss": 0.0, "correct": 0, "seen": 0}
-            ckpts.save(int(state.step), state, meta_now(epoch, 0, sums), score=score)
+            ckpts.save(int(state.step), state, meta_now(epoch, 0, sums), score=score, variables=variables)
             val = f"  val {record['val_loss']:.4f}/{record['val_accuracy']:.3f}" if "val_loss" in record else ""
             say(f"epoch {record['epoch']:3d}/{recipe.epochs}  train {record['train_loss']:.4f}/{record['train_accuracy']:.3f}{val}"
                   f"  test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}"

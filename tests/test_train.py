@@ -217,3 +217,12 @@ def test_init_from_keras_h5_replaces_a_head_of_another_class_count(data_dir, tmp
                      "--batch-size", "8", "--no-progress")
     assert code == 0, capsys.readouterr().err
     assert "the Dense head starts fresh" in capsys.readouterr().out
+
+
+def test_default_recipe_keeps_conv_biases_frozen_and_original_trains_them(reference_run, small_signs, tmp_path):
+    """Conv biases feed BatchNorms (zero true gradient): the default freezes them, the original (Keras) does not."""
+    params = final_params(reference_run)["params"]
+    assert not np.any(params["conv1"]["bias"]) and not np.any(params["res2a"]["branch2b"]["bias"])
+    assert np.any(params["fc"]["bias"]) and np.any(params["res2a"]["bn_branch2b"]["bias"])
+    assert run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "orig", "--recipe", "original", "--epochs", 1, *TINY) == 0
+    assert np.any(final_params(tmp_path / "orig")["params"]["conv1"]["bias"])
