@@ -15,11 +15,12 @@ import numpy as np
 from flax import linen as nn
 
 from . import config
+from .conv import MatmulConv
 from .layers import BatchNorm, Dense, XlaConv
 
 ModuleDef = Any
 
-CONV_IMPLEMENTATIONS = {"xla": XlaConv}
+CONV_IMPLEMENTATIONS = {"xla": XlaConv, "matmul": MatmulConv}
 
 
 def block_name(stage_index: int, block_index: int) -> str:
@@ -115,7 +116,7 @@ def ResNet50(
     stage_sizes: Sequence[int] = config.RESNET50_STAGE_SIZES,
     input_shape: Tuple[int, int, int] = config.INPUT_SHAPE,
     dtype: Any = jnp.float32,
-    conv: str = "xla",
+    conv: str = "matmul",
     bn_momentum: float = config.BN_MOMENTUM,
 ) -> ResNet:
     """The original model; `width` scales every filter count and `stage_sizes` sets the depth.
