@@ -1,0 +1,133 @@
+"""`python -m signs_jax.evaluate`: loss, accuracy, per-class precision/recall and a confusion matrix."""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m signs_jax.evaluate",
+        description="Evaluate a trained model (default: the best checkpoint of the newest run) or a Keras .h5 on the "
+        "SIGNS test set, an h5 pair or image folders.",
+    )
+    p.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
+    p.add_argument("--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)")
+    p.add_argument("--data-dir", help=f"SIGNS h5 pair or image folders (default: ${config.DATA_DIR_ENV}, then ./datasets)")
+    p.add_argument("--batch-size", type=int, default=120)
+    p.add_argument("--confusion-png", metavar="PATH", default="confusion.png", help="confusion matrix picture (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    return p
+
+
+def confusion_matrix(labels, predictions, num_classes: int):
+    import numpy as np
+
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(matrix, (labels, predictions), 1)
+    return matrix
+
+
+def per_class_scores(matrix):
+    """Precision and recall of every class from a confusion matrix (rows: truth, columns: prediction)."""
+    import numpy as np
+
+    tp = np.diag(matrix).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(matrix.sum(0) > 0, tp / matrix.sum(0), np.nan)
+        recall = np.where(matrix.sum(1) > 0, tp / matrix.sum(1), np.nan)
+    return precision, recall
+
+
+def plot_confusion(matrix, names, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names,
+           xlabel="predicted", ylabel="true", title="confusion matrix")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def run(args) -> int:
+    import logging
+
+    import numpy as np
+
+    from .cache import enable_compilation_cache
+    from .data import load_dataset, near_copy_mask
+    from .errors import UserError
+    from .steps import evaluate, make_eval_step
+    from .weights import load_weights
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    enable_compilation_cache()
+    weights = load_weights(args.weights, args.workdir)
+    model = weights.model
+    data_dir = config.data_dir(args.data_dir)
+    dataset = load_dataset(data_dir, tuple(model.input_shape[:2]))
+    if dataset.num_classes != model.num_classes:
+        raise UserError(f"{data_dir}: {dataset.num_classes} classes, but the model has {model.num_classes}")
+    if dataset.image_shape != tuple(model.input_shape):
+        raise UserError(f"{data_dir}: images are {dataset.image_shape}, the model expects {tuple(model.input_shape)}")
+    loss, accuracy, probs = evaluate(make_eval_step(model), weights.variables, dataset.test, args.batch_size)
+    predictions = probs.argmax(1)
+    labels = dataset.test.labels
+    matrix = confusion_matrix(labels, predictions, model.num_classes)
+    precision, recall = per_class_scores(matrix)
+    near = near_copy_mask(dataset.test.images, dataset.train.images)
+    clean = ~near
+    result = {
+        "weights": weights.source,
+        "data": dataset.source,
+        "examples": int(len(labels)),
+        "loss": loss,
+        "accuracy": accuracy,
+        "near_copies": int(near.sum()),
+        "accuracy_no_near_copies": float((predictions[clean] == labels[clean]).mean()) if clean.any() else None,
+        "per_class": {name: {"precision": None if np.isnan(p) else float(p), "recall": None if np.isnan(r) else float(r),
+                             "support": int(matrix[i].sum())}
+                      for i, (name, p, r) in enumerate(zip(weights.class_names, precision, recall))},
+        "confusion_matrix": matrix.tolist(),
+    }
+    if args.confusion_png:
+        result["confusion_png"] = str(plot_confusion(matrix, weights.class_names, Path(args.confusion_png)))
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"weights: {weights.source}\ndata:    {dataset.source} ({len(labels)} test images)")
+    print(f"loss {loss:.4f}  accuracy {accuracy:.4f}  accuracy without the {int(near.sum())} near-copies "
+          f"{result['accuracy_no_near_copies']:.4f}")
+    print(f"\n{'class':>8s} {'precision':>10s} {'recall':>8s} {'support':>8s}")
+    for name, scores in result["per_class"].items():
+        fmt = lambda v: "   -" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"{name:>8s} {fmt(scores['precision']):>10s} {fmt(scores['recall']):>8s} {scores['support']:8d}")
+    print("\nconfusion matrix (rows: true, columns: predicted)")
+    print("      " + " ".join(f"{n:>5s}" for n in weights.class_names))
+    for name, row in zip(weights.class_names, matrix):
+        print(f"{name:>5s} " + " ".join(f"{v:5d}" for v in row))
+    if args.confusion_png:
+        print(f"\nconfusion matrix picture: {result['confusion_png']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import cli_main
+
+    return cli_main(lambda _: run(args))(None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

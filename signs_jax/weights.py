@@ -1,0 +1,44 @@
+"""Where predict and evaluate get their model: a run directory, a work directory, or a Keras .h5."""
+from pathlib import Path
+from typing import Any, NamedTuple, Optional, Tuple
+
+from . import config
+from .errors import UserError
+
+NO_WEIGHTS = "no trained model found in {where}: run `python -m signs_jax.train` first, or pass --weights (a run directory or a Keras .h5)"
+
+
+class Weights(NamedTuple):
+    model: Any
+    variables: Any
+    class_names: Tuple[str, ...]
+    source: str
+
+
+def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR)) -> Weights:
+    """`--weights`: a Keras .h5, a run directory (its best checkpoint), or a work directory (its newest run)."""
+    from .checkpoints import CONFIG_FILE, newest_run, read_config, restore_variables
+
+    if spec is None:
+        run = newest_run(Path(workdir))
+        if run is None:
+            raise UserError(NO_WEIGHTS.format(where=Path(workdir)))
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise UserError(f"{path}: no such file or directory (--weights takes a run directory or a Keras .h5)")
+        if path.is_file():
+            from .keras_h5 import load_keras_h5
+
+            model, variables = load_keras_h5(path)
+            return Weights(model, variables, default_class_names(model.num_classes), str(path))
+        run = path if (path / CONFIG_FILE).exists() else newest_run(path)
+        if run is None:
+            raise UserError(NO_WEIGHTS.format(where=path))
+    model, variables, step = restore_variables(run)
+    names = read_config(run)["model"].get("class_names") or default_class_names(model.num_classes)
+    return Weights(model, variables, tuple(names), f"{run} (step {step})")
+
+
+def default_class_names(num_classes: int) -> Tuple[str, ...]:
+    return config.CLASS_NAMES if num_classes == len(config.CLASS_NAMES) else tuple(str(i) for i in range(num_classes))
