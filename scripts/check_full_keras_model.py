@@ -30,6 +30,8 @@ def main():
     parser.add_argument("--out", type=Path, default=Path("/tmp/ResNet50.h5"))
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--reuse", action="store_true", help="compare an existing --out file instead of training")
+    parser.add_argument("--images", nargs="*", default=[], help="image files: compare `python -m signs_jax.predict "
+                        "--interpolation nearest --ignore-exif --json` with Keras load_img + predict on them")
     args = parser.parse_args()
 
     import tf_keras as keras
@@ -58,6 +60,27 @@ def main():
     diff = np.abs(probs - keras_probs).max()
     print(f"{args.out}: {signs_jax.count_numbers(variables['params']):,} params; "
           f"max |p_signs_jax - p_keras| over 120 test images = {diff:.2e}; argmax agree: {(probs.argmax(1) == keras_probs.argmax(1)).mean():.3f}")
+    if diff > 1e-4:
+        raise SystemExit("FAIL: more than 1e-4 apart")
+    if args.images:
+        compare_predict_cli(model, args.out, args.images)
+
+
+def compare_predict_cli(model, weights, images):
+    """The predict CLI in a fresh process against Keras's own image loading and prediction."""
+    import json
+    import subprocess
+
+    import tf_keras as keras
+
+    size = model.input_shape[1:3]
+    batch = np.stack([keras.utils.img_to_array(keras.utils.load_img(p, target_size=size)) / 255.0 for p in images])
+    keras_probs = model.predict(batch, verbose=0)
+    out = subprocess.run([sys.executable, "-m", "signs_jax.predict", *images, "--weights", str(weights),
+                          "--interpolation", "nearest", "--ignore-exif", "--json"], capture_output=True, text=True, check=True)
+    ours = np.array([json.loads(line)["probabilities"] for line in out.stdout.splitlines()])
+    diff = np.abs(ours - keras_probs).max()
+    print(f"predict CLI vs Keras load_img + predict on {len(images)} image files: max |dp| = {diff:.2e}")
     if diff > 1e-4:
         raise SystemExit("FAIL: more than 1e-4 apart")
 
