@@ -22,3 +22,9 @@ def cli_main(main):
             return 130
 
     return wrapper
+
+
+def run_cli(build_parser, run, argv=None) -> int:
+    """Parse `argv` with `build_parser()` and call `run(args)` with `cli_main`'s error handling."""
+    args = build_parser().parse_args(argv)
+    return cli_main(run)(args)

@@ -123,10 +123,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from .errors import cli_main
+    from .errors import run_cli
 
-    return cli_main(lambda _: run(args))(None)
+    return run_cli(build_parser, run, argv)
 
 
 if __name__ == "__main__":

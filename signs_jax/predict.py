@@ -73,10 +73,9 @@ def predict_files(weights, files, interpolation="area", exif=True, batch_size=32
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from .errors import cli_main
+    from .errors import run_cli
 
-    return cli_main(lambda _: run(args))(None)
+    return run_cli(build_parser, run, argv)
 
 
 def run(args) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from . import config
-from .errors import UserError, cli_main
+from .errors import UserError
 from .recipes import RECIPES, Recipe
 
 
@@ -365,8 +365,9 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return cli_main(lambda _: run(args))(None)
+    from .errors import run_cli
+
+    return run_cli(build_parser, run, argv)
 
 
 if __name__ == "__main__":
