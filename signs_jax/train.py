@@ -235,6 +235,10 @@ def run(args) -> int:
 
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     dp = DataParallel.over_all_devices()
+    if dp.process_count == 1:  # a second run of the same model skips its compiles
+        from .cache import enable_compilation_cache
+
+        enable_compilation_cache()
     if dp.process_count > 1 and not (args.run or args.resume):
         raise UserError("multi-process training needs --run NAME so that every process writes the same run")
     run_dir = _prepare_run_dir(args)
