@@ -60,7 +60,9 @@ class MatmulConv(nn.Module):
             for j in range(kw)
         ]
         patches = views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
-        y = jnp.dot(patches, kernel.reshape(kh * kw * in_features, self.features).astype(self.dtype))
+        # float32 accumulation: XLA's CPU dot runs bfloat16 inputs at twice the float32 rate this way.
+        y = jnp.dot(patches, kernel.reshape(kh * kw * in_features, self.features).astype(self.dtype),
+                    preferred_element_type=jnp.float32)
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype).astype(self.dtype)
-        return y
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        return y.astype(self.dtype)
