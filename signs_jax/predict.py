@@ -1,14 +1,16 @@
-"""`python -m signs_jax.predict IMAGE [IMAGE | DIR ...]`: class and probabilities for each image."""
+"""`python -m signs_jax.predict IMAGE [IMAGE | DIR ...]`: class and probabilities for each image.
+
+Nothing heavy is imported before the arguments are parsed: `--help` and argument errors never load JAX.
+"""
 import argparse
 import csv
 import json
 import sys
-from pathlib import Path
 
 from . import config
-from .images import INTERPOLATIONS
+from .images import DEFAULT_INTERPOLATION, INTERPOLATIONS
 
-BATCH_SIZES = (1, 8, 32)  # a few fixed shapes: one compile each, cached on disk across runs
+BATCH_BUCKETS = (1, 8)  # besides --batch-size: a one-image predict should not pay for a 32-image batch
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,22 +22,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders (searched recursively)")
     p.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
     p.add_argument("--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)")
-    p.add_argument("--interpolation", choices=INTERPOLATIONS, default="area",
-                   help="resize filter (default: %(default)s; 'nearest' is what Keras load_img uses)")
+    p.add_argument("--interpolation", choices=INTERPOLATIONS, default=DEFAULT_INTERPOLATION,
+                   help="resize filter (default: %(default)s; 'nearest' is what Keras load_img uses; 'box' = 'area')")
     p.add_argument("--ignore-exif", action="store_true", help="do not rotate by the EXIF orientation (as Keras load_img)")
     p.add_argument("--json", action="store_true", help="one JSON object per image: path, class, probabilities")
-    p.add_argument("--csv", metavar="FILE", help="also write the rows to a CSV file")
+    p.add_argument("--csv", metavar="FILE", help="also write the rows to a CSV file (the original's Result.csv)")
     p.add_argument("--top-k", type=int, default=1, metavar="K", help="show the K most likely classes (default: 1)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
     return p
 
 
-def _bucket(n: int, largest: int) -> int:
-    return next((b for b in BATCH_SIZES if b >= n and b <= largest), largest)
+def fixed_batch_size(num_files: int, batch_size: int) -> int:
+    """The one batch shape of a run (one compile): the smallest bucket that holds all files, at most --batch-size."""
+    want = min(num_files, batch_size)
+    return next((b for b in BATCH_BUCKETS if want <= b < batch_size), batch_size)
 
 
-def predict_files(weights, files, interpolation="area", exif=True, batch_size=32, on_error=None, progress=None):
-    """Yield (path, probabilities) for every readable file, reading one batch at a time."""
+def predict_files(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True, batch_size=32, on_error=None,
+                  progress=None):
+    """Yield (path, probabilities) for every readable file, in order.
+
+    Memory stays bounded whatever the number of files: images are decoded one batch at a time, every
+    batch is padded to the same shape (one compile), and the next batch is decoded while the previous
+    one runs (JAX dispatches asynchronously), so at most two batches are alive.
+    """
     import jax
     import numpy as np
 
@@ -43,33 +53,51 @@ def predict_files(weights, files, interpolation="area", exif=True, batch_size=32
 
     model = weights.model
     size = tuple(model.input_shape[:2])
-    forward = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x)))
-    pending, paths = [], []
+    forward = _compiled_forward()
+    in_flight = None  # (paths, probabilities on the device) of the batch being computed
 
-    def flush():
-        n = len(pending)
-        b = _bucket(n, batch_size)
-        x = np.zeros((b, *size, 3), np.float32)
-        x[:n] = np.stack(pending)
-        probs = np.asarray(forward(weights.variables, x))[:n]
-        out = list(zip(list(paths), probs))
-        pending.clear()
-        paths.clear()
-        return out
+    def files_in_batches():
+        pending, paths = [], []
+        for path in files:
+            try:
+                pending.append(load_image(path, size, interpolation, exif))
+                paths.append(path)
+            except ImageError as err:
+                if on_error:
+                    on_error(str(err))
+            if progress:
+                progress.update(1)
+            if len(pending) == batch_size:
+                yield paths, pending
+                pending, paths = [], []
+        if pending:
+            yield paths, pending
 
-    for path in files:
-        try:
-            pending.append(load_image(path, size, interpolation, exif))
-            paths.append(path)
-        except ImageError as err:
-            if on_error:
-                on_error(str(err))
-        if progress:
-            progress.update(1)
-        if len(pending) == batch_size:
-            yield from flush()
-    if pending:
-        yield from flush()
+    for paths, pending in files_in_batches():
+        # A fresh array each batch: on CPU, JAX may alias the numpy buffer while the batch computes.
+        x = np.zeros((batch_size, *size, 3), np.float32)
+        x[: len(pending)] = np.stack(pending)
+        launched = (paths, forward(model, weights.variables, x))
+        if in_flight:
+            done_paths, probs = in_flight
+            yield from zip(done_paths, np.asarray(probs)[: len(done_paths)])
+        in_flight = launched
+    if in_flight:
+        done_paths, probs = in_flight
+        yield from zip(done_paths, np.asarray(probs)[: len(done_paths)])
+
+
+_FORWARD = []
+
+
+def _compiled_forward():
+    """One jitted (model, variables, images) -> probabilities per process: the model is a static argument,
+    so repeated in-process calls (tests, notebooks) with an equal model reuse the compiled executable."""
+    if not _FORWARD:
+        import jax
+
+        _FORWARD.append(jax.jit(lambda model, v, x: jax.nn.softmax(model.apply(v, x)), static_argnums=0))
+    return _FORWARD[0]
 
 
 def main(argv=None) -> int:
@@ -79,16 +107,15 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+    import logging
+
     from .cache import enable_compilation_cache
+    from .errors import UserError
     from .images import expand_inputs
     from .weights import load_weights
 
     if args.top_k < 1 or args.batch_size < 1:
-        from .errors import UserError
-
         raise UserError("--top-k and --batch-size must be at least 1")
-    import logging
-
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only checkpoint directories
     enable_compilation_cache()
     files, errors = expand_inputs(args.inputs)
@@ -96,39 +123,50 @@ def run(args) -> int:
         print(f"error: {line}", file=sys.stderr)
     weights = load_weights(args.weights, args.workdir)
     names = weights.class_names
+    k = min(args.top_k, len(names))
     failed = len(errors)
 
     def report_error(message):
         nonlocal failed
         failed += 1
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr, flush=True)
 
     from tqdm import tqdm
 
-    csv_file = open(args.csv, "w", newline="") if args.csv else None
-    writer = None
-    if csv_file:
-        writer = csv.writer(csv_file)
+    try:
+        csv_file = open(args.csv, "w", newline="") if args.csv else None
+    except OSError as err:
+        raise UserError(f"{args.csv}: cannot write the CSV file ({err.strerror})") from None
+    writer = csv.writer(csv_file) if csv_file else None
+    if writer:
         writer.writerow(["path", "class", "confidence", *[f"p({n})" for n in names]])
+    width = max([6, *map(len, names)])
+    path_width = min(40, max([4, *(len(str(f)) for f in files[:1000])]))
     if not args.json:
         print(f"# weights: {weights.source}")
-        print(f"{'path':40s} {'class':>6s} {'conf':>6s}  " + " ".join(f"p({n})".rjust(7) for n in names))
-    with tqdm(total=len(files), unit="img", disable=None, leave=False, file=sys.stderr) as bar:
-        for path, probs in predict_files(weights, files, args.interpolation, not args.ignore_exif, args.batch_size, report_error, bar):
-            order = probs.argsort()[::-1]
-            best = names[order[0]]
-            if args.json:
-                record = {"path": str(path), "class": best, "probabilities": [float(p) for p in probs]}
-                if args.top_k > 1:
-                    record["top_k"] = [[names[i], float(probs[i])] for i in order[: args.top_k]]
-                print(json.dumps(record), flush=True)
-            else:
-                top = "  " + ", ".join(f"{names[i]}:{probs[i]:.3f}" for i in order[1 : args.top_k]) if args.top_k > 1 else ""
-                bar.write(f"{str(path):40s} {best:>6s} {probs[order[0]]:6.3f}  " + " ".join(f"{p:7.4f}" for p in probs) + top, file=sys.stdout)
-            if writer:
-                writer.writerow([str(path), best, f"{probs[order[0]]:.6f}", *[f"{p:.6f}" for p in probs]])
-    if csv_file:
-        csv_file.close()
+        print(f"{'path':{path_width}s} {'class':>{width}s} {'conf':>6s}  " + " ".join(f"p({n})".rjust(max(7, len(n) + 3)) for n in names)
+              + ("  top-k" if k > 1 else ""))
+    batch = fixed_batch_size(len(files), args.batch_size)
+    try:
+        with tqdm(total=len(files), unit="img", disable=None, leave=False, file=sys.stderr) as bar:
+            for path, probs in predict_files(weights, files, args.interpolation, not args.ignore_exif, batch,
+                                             report_error, bar):
+                order = probs.argsort()[::-1]
+                best = names[order[0]]
+                if args.json:
+                    record = {"path": str(path), "class": best, "probabilities": [float(p) for p in probs]}
+                    if k > 1:
+                        record["top_k"] = [[names[i], float(probs[i])] for i in order[:k]]
+                    print(json.dumps(record), flush=True)
+                else:
+                    top = "  " + ", ".join(f"{names[i]}:{probs[i]:.3f}" for i in order[:k]) if k > 1 else ""
+                    cells = " ".join(f"{p:{max(7, len(n) + 3)}.4f}" for n, p in zip(names, probs))
+                    bar.write(f"{str(path):{path_width}s} {best:>{width}s} {probs[order[0]]:6.3f}  {cells}{top}", file=sys.stdout)
+                if writer:
+                    writer.writerow([str(path), best, f"{probs[order[0]]:.6f}", *[f"{p:.6f}" for p in probs]])
+    finally:
+        if csv_file:
+            csv_file.close()
     return 1 if failed else 0
 
 

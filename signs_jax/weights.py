@@ -13,6 +13,7 @@ class Weights(NamedTuple):
     variables: Any
     class_names: Tuple[str, ...]
     source: str
+    run_dir: Optional[Path] = None  # the training run the weights come from (None for a Keras .h5)
 
 
 def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR)) -> Weights:
@@ -35,9 +36,13 @@ def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR)
         run = path if (path / CONFIG_FILE).exists() else newest_run(path)
         if run is None:
             raise UserError(NO_WEIGHTS.format(where=path))
+    ckpt = run / "ckpt"
+    if not ckpt.is_dir() or not any(p.name.isdigit() for p in ckpt.iterdir()):
+        raise UserError(f"{run}: run has no checkpoint yet (let `python -m signs_jax.train` finish an epoch, "
+                        "or pass --weights)")
     model, variables, step = restore_variables(run)
     names = read_config(run)["model"].get("class_names") or default_class_names(model.num_classes)
-    return Weights(model, variables, tuple(names), f"{run} (step {step})")
+    return Weights(model, variables, tuple(names), f"{run} (step {step})", run)
 
 
 def default_class_names(num_classes: int) -> Tuple[str, ...]:
