@@ -17,9 +17,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)")
     p.add_argument("--data-dir", help=f"SIGNS h5 pair or image folders (default: ${config.DATA_DIR_ENV}, then ./datasets)")
     p.add_argument("--batch-size", type=int, default=120)
-    p.add_argument("--confusion-png", metavar="PATH", default="confusion.png", help="confusion matrix picture (default: %(default)s)")
+    p.add_argument("--confusion-png", metavar="PATH",
+                   help="confusion matrix picture (default: confusion.png in the run directory, or in the current "
+                   "directory for a Keras .h5)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     return p
+
+
+_EVAL_STEPS = {}
 
 
 def confusion_matrix(labels, predictions, num_classes: int):
@@ -73,6 +78,8 @@ def run(args) -> int:
 
     logging.getLogger("absl").setLevel(logging.ERROR)
     enable_compilation_cache()
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
     weights = load_weights(args.weights, args.workdir)
     model = weights.model
     data_dir = config.data_dir(args.data_dir)
@@ -81,12 +88,20 @@ def run(args) -> int:
         raise UserError(f"{data_dir}: {dataset.num_classes} classes, but the model has {model.num_classes}")
     if dataset.image_shape != tuple(model.input_shape):
         raise UserError(f"{data_dir}: images are {dataset.image_shape}, the model expects {tuple(model.input_shape)}")
-    loss, accuracy, probs = evaluate(make_eval_step(model), weights.variables, dataset.test, args.batch_size)
+    if model not in _EVAL_STEPS:  # in-process callers (tests, notebooks) reuse the compiled step of an equal model
+        _EVAL_STEPS[model] = make_eval_step(model)
+    loss, accuracy, probs = evaluate(_EVAL_STEPS[model], weights.variables, dataset.test, args.batch_size)
     predictions = probs.argmax(1)
     labels = dataset.test.labels
     matrix = confusion_matrix(labels, predictions, model.num_classes)
     precision, recall = per_class_scores(matrix)
-    near = near_copy_mask(dataset.test.images, dataset.train.images)
+    if tuple(map(str, dataset.class_names)) != tuple(weights.class_names):
+        print(f"warning: the data's classes {list(dataset.class_names)} are not the model's {list(weights.class_names)}; "
+              "labels are compared by index", file=sys.stderr)
+    seen = dataset.train.images  # every image a training run could have learned from, validation included
+    if dataset.validation is not None and len(dataset.validation.labels):
+        seen = np.concatenate([seen, dataset.validation.images])
+    near = near_copy_mask(dataset.test.images, seen)
     clean = ~near
     result = {
         "weights": weights.source,
@@ -101,14 +116,18 @@ def run(args) -> int:
                       for i, (name, p, r) in enumerate(zip(weights.class_names, precision, recall))},
         "confusion_matrix": matrix.tolist(),
     }
-    if args.confusion_png:
-        result["confusion_png"] = str(plot_confusion(matrix, weights.class_names, Path(args.confusion_png)))
+    png = Path(args.confusion_png) if args.confusion_png else (weights.run_dir or Path(".")) / "confusion.png"
+    try:
+        result["confusion_png"] = str(plot_confusion(matrix, weights.class_names, png))
+    except OSError as err:
+        raise UserError(f"{png}: cannot write the confusion matrix picture ({err.strerror or err})") from None
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"weights: {weights.source}\ndata:    {dataset.source} ({len(labels)} test images)")
-    print(f"loss {loss:.4f}  accuracy {accuracy:.4f}  accuracy without the {int(near.sum())} near-copies "
-          f"{result['accuracy_no_near_copies']:.4f}")
+    clean_accuracy = result["accuracy_no_near_copies"]
+    print(f"loss {loss:.4f}  accuracy {accuracy:.4f}  accuracy on the {int(clean.sum())} images without a near-copy "
+          f"in the training set ({int(near.sum())} have one): " + ("-" if clean_accuracy is None else f"{clean_accuracy:.4f}"))
     print(f"\n{'class':>8s} {'precision':>10s} {'recall':>8s} {'support':>8s}")
     for name, scores in result["per_class"].items():
         fmt = lambda v: "   -" if v is None else f"{v:.3f}"  # noqa: E731
@@ -117,8 +136,7 @@ def run(args) -> int:
     print("      " + " ".join(f"{n:>5s}" for n in weights.class_names))
     for name, row in zip(weights.class_names, matrix):
         print(f"{name:>5s} " + " ".join(f"{v:5d}" for v in row))
-    if args.confusion_png:
-        print(f"\nconfusion matrix picture: {result['confusion_png']}")
+    print(f"\nconfusion matrix picture: {result['confusion_png']}")
     return 0
 
 
