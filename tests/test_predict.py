@@ -1,4 +1,6 @@
-"""predict and evaluate: Keras's numbers on Keras weights, real image files of every kind, bad inputs."""
+"""predict: Keras's numbers on Keras weights, real image files of every kind, bad inputs, cold start.
+
+Every predict call here uses the width-1/8 Keras fixture, so the suite compiles it once per batch shape."""
 import json
 import os
 import struct
@@ -11,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import KERAS_FILES, ROOT
-from signs_jax import evaluate, predict
+from signs_jax import images, predict
 from signs_jax.images import ImageError, load_image
 
 KERAS_MODEL = str(KERAS_FILES["keras2_model"])
@@ -46,6 +48,7 @@ def test_predict_reproduces_keras_probabilities(test_pngs, keras_expected, capsy
     assert code == 0
     records = json_lines(capsys.readouterr().out)
     assert [r["path"] for r in records] == [str(p) for p in test_pngs]
+    assert all(set(r) == {"path", "class", "probabilities"} for r in records)
     probs = np.array([r["probabilities"] for r in records])
     np.testing.assert_allclose(probs, keras_expected["probabilities"], atol=1e-5, rtol=0)
     assert [r["class"] for r in records] == [str(i) for i in keras_expected["probabilities"].argmax(1)]
@@ -55,11 +58,20 @@ def test_table_csv_and_top_k(test_pngs, tmp_path, capsys):
     out_csv = tmp_path / "Result.csv"
     assert predict.main([str(test_pngs[0].parent), "--weights", KERAS_MODEL, "--csv", str(out_csv), "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[1].split()[:3] == ["path", "class", "conf"]
+    assert lines[0].startswith("# weights: ") and KERAS_MODEL in lines[0]
+    assert lines[1].split() == ["path", "class", "conf", *[f"p({i})" for i in range(6)], "top-k"]
     assert len(lines) == 2 + len(test_pngs)
+    first = lines[2].split()
+    assert first[0] == str(test_pngs[0]) and len(first) == 3 + 6 + 3  # path class conf p(0..5) + 3 top-k cells
     rows = out_csv.read_text().strip().splitlines()
     assert rows[0] == "path,class,confidence,p(0),p(1),p(2),p(3),p(4),p(5)" and len(rows) == 1 + len(test_pngs)
-    assert abs(sum(float(v) for v in rows[1].split(",")[3:]) - 1) < 1e-5
+    cells = rows[1].split(",")
+    assert cells[0] == str(test_pngs[0]) and float(cells[2]) == max(map(float, cells[3:]))
+    assert abs(sum(float(v) for v in cells[3:]) - 1) < 1e-5
+    # --json --top-k adds the K best (class, probability) pairs, best first
+    assert predict.main([str(test_pngs[0].parent), "--weights", KERAS_MODEL, "--json", "--top-k", "2"]) == 0
+    record = json_lines(capsys.readouterr().out)[0]
+    assert [c for c, _ in record["top_k"]][0] == record["class"] and len(record["top_k"]) == 2
 
 
 def _png_bomb(path, width=60000, height=60000):
@@ -100,13 +112,89 @@ def test_no_checkpoint_says_what_to_do(tmp_path, test_pngs, capsys):
     assert predict.main([str(test_pngs[0]), "--workdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "python -m signs_jax.train" in err[0] and "--weights" in err[0]
+    # a run that has not saved a checkpoint yet (training just started) is no better
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "config.json").write_text("{}")
+    assert predict.main([str(test_pngs[0]), "--workdir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no checkpoint yet" in err[0] and "--weights" in err[0]
+    assert predict.main([str(test_pngs[0]), "--weights", str(tmp_path / "nothing_here")]) == 2
+    assert "no such file" in capsys.readouterr().err
 
 
 def test_weights_that_do_not_fit_give_the_loaders_error(tmp_path, test_pngs, capsys):
     bad = tmp_path / "model.h5"
     bad.write_text("nope")
     assert predict.main([str(test_pngs[0]), "--weights", str(bad)]) == 2
-    assert "not an HDF5 file" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "not an HDF5 file" in err[0]
+
+
+def test_exif_rotated_photo_predicts_like_the_upright_one(test_pngs, tmp_path, capsys):
+    upright = np.asarray(Image.open(test_pngs[0]))
+    exif = Image.Exif()
+    exif[0x0112] = 8  # stored turned clockwise: display rotated 90 degrees counter-clockwise
+    sideways = tmp_path / "sideways.png"
+    Image.fromarray(np.rot90(upright, k=-1)).save(sideways, exif=exif)  # lossless, unlike a JPEG
+    assert predict.main([str(test_pngs[0]), str(sideways), "--weights", KERAS_MODEL, "--json"]) == 0
+    a, b = json_lines(capsys.readouterr().out)
+    np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-6)
+    assert predict.main([str(sideways), str(test_pngs[0]), "--weights", KERAS_MODEL, "--json", "--ignore-exif"]) == 0
+    assert not np.allclose(json_lines(capsys.readouterr().out)[0]["probabilities"], a["probabilities"], atol=1e-4)
+
+
+def test_bad_flags_exit_2(test_pngs, capsys):
+    assert predict.main([str(test_pngs[0]), "--weights", KERAS_MODEL, "--top-k", "0"]) == 2
+    assert predict.main([str(test_pngs[0]), "--weights", KERAS_MODEL, "--csv", str(test_pngs[0].parent / "no" / "x.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "cannot write the CSV file" in err[1]
+
+
+# ---------------------------------------------------------------------------------- batching, streaming
+
+
+class _Mean:
+    """A stand-in model (mean colour as logits): compiles in milliseconds, counts its traces."""
+
+    input_shape = (8, 8, 3)
+
+    def __init__(self):
+        self.traced_shapes = []
+
+    def apply(self, variables, x):
+        self.traced_shapes.append(x.shape)
+        return x.mean(axis=(1, 2)) * variables
+
+
+def test_one_batch_shape_and_decoding_stays_one_batch_ahead(tmp_path):
+    from signs_jax.weights import Weights
+
+    colours = np.random.default_rng(0).integers(0, 256, (21, 3), dtype=np.uint8)
+    paths = []
+    for i, colour in enumerate(colours):
+        paths.append(tmp_path / f"{i:02d}.png")
+        Image.new("RGB", (13, 11), tuple(int(c) for c in colour)).save(paths[-1])
+    pulled = []
+
+    def lazily():
+        for path in paths:
+            pulled.append(path)
+            yield path
+
+    model = _Mean()
+    results = predict.predict_files(Weights(model, 1.0, ("r", "g", "b"), "fake"), lazily(), batch_size=8)
+    first = next(results)
+    assert len(pulled) <= 2 * 8  # streaming: the first answer needs at most two decoded batches
+    rest = list(results)
+    assert [p for p, _ in [first, *rest]] == paths
+    assert model.traced_shapes == [(8, 8, 8, 3)]  # 21 images = 8 + 8 + 5 padded: one compile
+    expected = np.exp(colours / 255.0) / np.exp(colours / 255.0).sum(1, keepdims=True)
+    np.testing.assert_allclose(np.stack([p for _, p in [first, *rest]]), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("files, batch, expected", [(1, 32, 1), (5, 32, 8), (24, 32, 32), (10000, 32, 32), (3, 4, 4), (9, 4, 4)])
+def test_fixed_batch_size(files, batch, expected):
+    assert predict.fixed_batch_size(files, batch) == expected
 
 
 # ---------------------------------------------------------------------------------- image decoding
@@ -117,16 +205,27 @@ def _asymmetric(h=40, w=30):
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def test_exif_orientation_is_applied(tmp_path):
-    pixels = _asymmetric()
+def test_exif_orientation_of_a_jpeg_is_applied(tmp_path):
+    # 16-pixel blocks of distinct colours survive JPEG (quality 100, no chroma subsampling) nearly unchanged
+    blocks = np.random.default_rng(1).integers(0, 256, (3, 2, 3), dtype=np.uint8)
+    pixels = blocks.repeat(16, 0).repeat(16, 1)  # 48 high, 32 wide
     exif = Image.Exif()
-    exif[0x0112] = 6  # stored sideways: display rotated 90 degrees clockwise
-    path = tmp_path / "phone.png"
-    Image.fromarray(pixels).save(path, exif=exif)
-    upright = load_image(path, (30, 40), "nearest")  # 90 degrees: 40x30 becomes 30x40
-    np.testing.assert_array_equal(upright * 255, np.rot90(pixels, k=-1).astype(np.float32))
-    raw = load_image(path, (40, 30), "nearest", exif=False)
-    np.testing.assert_array_equal(raw * 255, pixels.astype(np.float32))
+    exif[0x0112] = 6  # the camera was turned: display rotated 90 degrees clockwise
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(pixels).save(path, quality=100, subsampling=0, exif=exif)
+    with Image.open(path) as img:
+        assert img.format == "JPEG" and img.getexif()[0x0112] == 6
+    upright = load_image(path, (32, 48), "nearest")  # turned: 48x32 becomes 32x48
+    np.testing.assert_allclose(upright * 255, np.rot90(pixels, k=-1), atol=6)
+    raw = load_image(path, (48, 32), "nearest", exif=False)
+    np.testing.assert_allclose(raw * 255, pixels, atol=6)
+
+
+def _transparent_palette():
+    img = Image.new("P", (8, 8), 0)
+    img.putpalette([10, 20, 30, 200, 200, 200])
+    img.info["transparency"] = 0
+    return img
 
 
 @pytest.mark.parametrize(
@@ -137,6 +236,8 @@ def test_exif_orientation_is_applied(tmp_path):
         ("RGBA", lambda: Image.new("RGBA", (8, 8), (10, 20, 30, 255)), (10, 20, 30)),
         ("RGBA", lambda: Image.new("RGBA", (8, 8), (10, 20, 30, 0)), (255, 255, 255)),
         ("P", lambda: Image.new("RGB", (8, 8), (200, 10, 50)).convert("P", palette=Image.Palette.ADAPTIVE), (200, 10, 50)),
+        ("P", lambda: _transparent_palette(), (255, 255, 255)),  # transparent palette entry: white
+        ("1", lambda: Image.new("1", (8, 8), 1), (255, 255, 255)),
         ("CMYK", lambda: Image.new("CMYK", (8, 8), (0, 255, 255, 0)), (255, 0, 0)),
         ("I;16", lambda: Image.fromarray(np.full((8, 8), 65535, np.uint16)), (255, 255, 255)),
         ("I;16", lambda: Image.fromarray(np.full((8, 8), 32896, np.uint16)), (128, 128, 128)),
@@ -154,43 +255,54 @@ def test_image_modes_become_rgb(mode, make, expected, tmp_path):
     np.testing.assert_allclose(pixels[0, 0] * 255, expected, atol=1)
 
 
-def test_nearest_is_keras_load_img(tmp_path):
-    """Keras's load_img(target_size) is PIL's convert('RGB') + resize(NEAREST); checked once against real Keras."""
+def _pil_nearest_indices(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of each output pixel in PIL's NEAREST resize: pixel centres, stepped by repeated addition."""
+    step, position, out = n_in / n_out, 0.5 * n_in / n_out, []
+    for _ in range(n_out):
+        out.append(int(position))
+        position += step
+    return np.array(out)
+
+
+@pytest.mark.parametrize("height, width", [(301, 257), (1000, 750), (50, 37), (64, 64), (4032, 3)])
+def test_nearest_picks_the_pixels_keras_load_img_picks(height, width, tmp_path):
+    """Keras load_img(target_size=(64, 64)) = PIL convert("RGB") + NEAREST resize (checked once against tf-keras
+    2.21 with scripts/check_keras_load_img.py); here against a numpy reimplementation of PIL's NEAREST."""
+    pixels = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    path = tmp_path / "x.png"
+    Image.fromarray(pixels).save(path)
+    rows, cols = _pil_nearest_indices(height, 64), _pil_nearest_indices(width, 64)
+    expected = pixels[rows][:, cols].astype(np.float32) / 255.0
+    np.testing.assert_array_equal(load_image(path, (64, 64), "nearest", exif=False), expected)
+
+
+def test_default_filter_averages_where_nearest_aliases(tmp_path):
+    path = tmp_path / "noise.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (640, 640, 3), dtype=np.uint8)).save(path, quality=95)
+    nearest = load_image(path, (64, 64), "nearest")
+    for interpolation in ("lanczos", "area", "box", "bilinear", "bicubic"):
+        smooth = load_image(path, (64, 64), interpolation)  # 10x10 pixels averaged: noise flattens to grey
+        assert smooth.std() < 0.3 * nearest.std(), interpolation
+    assert images.DEFAULT_INTERPOLATION == "lanczos"
+    # JPEG draft decoding (1/2..1/8 scale in libjpeg) changes the result only a little
+    full = load_image(path, (64, 64), draft=False)
+    assert np.abs(load_image(path, (64, 64)) - full).max() < 8 / 255
+
+
+def test_decompression_bomb_warning_is_an_error(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (301, 257, 3), dtype=np.uint8)).save(path)
-    keras_way = np.asarray(Image.open(path).convert("RGB").resize((64, 64), Image.Resampling.NEAREST), np.float32)
-    np.testing.assert_array_equal(load_image(path, (64, 64), "nearest", exif=False) * 255, keras_way)
-    smooth = load_image(path, (64, 64))  # area: averages, so random noise flattens towards grey
-    assert smooth.std() < 0.5 * (keras_way / 255).std()
+    Image.new("RGB", (40, 40)).save(path)
+    monkeypatch.setattr(images, "MAX_PIXELS", 1000)  # 1600 pixels: PIL warns (over the limit, under twice it)
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(path, (64, 64))
+    monkeypatch.setattr(images, "MAX_PIXELS", 500)  # over twice the limit: PIL raises DecompressionBombError
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(path, (64, 64))
 
 
 def test_directory_as_image_path(tmp_path):
     with pytest.raises(ImageError, match="is a directory"):
         load_image(tmp_path, (64, 64))
-
-
-# ---------------------------------------------------------------------------------------- evaluate
-
-
-def test_evaluate_reports_everything(small_signs, tmp_path, capsys):
-    png = tmp_path / "cm.png"
-    code = evaluate.main(["--weights", KERAS_MODEL, "--data-dir", str(small_signs), "--json", "--confusion-png", str(png)])
-    assert code == 0
-    result = json.loads(capsys.readouterr().out)
-    matrix = np.array(result["confusion_matrix"])
-    assert matrix.sum() == result["examples"] == 40
-    assert result["accuracy"] == pytest.approx(np.trace(matrix) / 40)
-    assert set(result["per_class"]) == {"0", "1", "2", "3", "4", "5"}
-    assert 0 <= result["accuracy_no_near_copies"] <= 1
-    assert png.read_bytes()[:4] == b"\x89PNG"
-    evaluate.main(["--weights", KERAS_MODEL, "--data-dir", str(small_signs), "--confusion-png", str(png)])
-    text = capsys.readouterr().out
-    assert "precision" in text and "confusion matrix" in text
-
-
-def test_evaluate_without_data_is_one_line(tmp_path, capsys):
-    assert evaluate.main(["--weights", KERAS_MODEL, "--data-dir", str(tmp_path / "none")]) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------- cold start
