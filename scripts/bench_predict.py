@@ -1,7 +1,9 @@
 """Cold start of a one-image predict, as whole processes: signs_jax (cold and warm compilation cache)
 side by side with Keras `load_model` + `predict` when tf-keras is importable by --keras-python.
 
-    python scripts/bench_predict.py --weights /tmp/ResNet50.h5 --image photo.jpg --keras-python /path/to/python
+    python scripts/bench_predict.py --weights /tmp/ResNet50.h5 --image photo.jpg [--keras-python /path/to/python]
+
+(a full-size ResNet50.h5: `scripts/check_full_keras_model.py --out /tmp/ResNet50.h5`, or any saved model)
 
 Reports the median wall time of --repeats runs of each.
 """
@@ -35,8 +37,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, help="a Keras .h5 (or a run directory; then no Keras comparison)")
     p.add_argument("--image", required=True)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--keras-python", default=sys.executable, help="a Python that can import tf_keras")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--keras-python", default=os.environ.get("KERAS_PYTHON") or next(
+        (py for py in ("/work/kvenv/bin/python",) if Path(py).exists()), sys.executable),
+        help="a Python that can import tf_keras (default: $KERAS_PYTHON, then /work/kvenv/bin/python if present)")
     args = p.parse_args()
 
     ours = [sys.executable, "-m", "signs_jax.predict", args.image, "--weights", args.weights, "--interpolation", "nearest", "--json"]
