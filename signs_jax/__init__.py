@@ -19,6 +19,10 @@ _EXPORTS = {
     "save_keras_h5": "keras_h5",
     "KerasH5Error": "keras_h5",
     "UserError": "errors",
+    "load_image": "images",
+    "ImageError": "images",
+    "load_weights": "weights",
+    "enable_compilation_cache": "cache",
 }
 
 __all__ = sorted(_EXPORTS)
