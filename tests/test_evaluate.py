@@ -120,3 +120,16 @@ def test_evaluate_help_does_not_import_jax():
     probe = "import sys; from signs_jax import evaluate\ntry:\n    evaluate.main(['--help'])\nexcept SystemExit: pass\nprint('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_one_line(trained_workdir, test_image, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "edited"
+    shutil.copytree(trained_workdir / "tiny", run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["width"] *= 2
+    (run / "config.json").write_text(json.dumps(config))
+    assert predict.main([str(test_image), "--weights", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit the model config.json describes" in err[0], err
