@@ -200,11 +200,6 @@ def test_fixed_batch_size(files, batch, expected):
 # ---------------------------------------------------------------------------------- image decoding
 
 
-def _asymmetric(h=40, w=30):
-    rng = np.random.default_rng(1)
-    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
 def test_exif_orientation_of_a_jpeg_is_applied(tmp_path):
     # 16-pixel blocks of distinct colours survive JPEG (quality 100, no chroma subsampling) nearly unchanged
     blocks = np.random.default_rng(1).integers(0, 256, (3, 2, 3), dtype=np.uint8)
@@ -219,6 +214,12 @@ def test_exif_orientation_of_a_jpeg_is_applied(tmp_path):
     np.testing.assert_allclose(upright * 255, np.rot90(pixels, k=-1), atol=6)
     raw = load_image(path, (48, 32), "nearest", exif=False)
     np.testing.assert_allclose(raw * 255, pixels, atol=6)
+    # a large one through the default path (JPEG draft decoding, then lanczos): rotating and resizing commute,
+    # up to PIL's rounding at a few block edges
+    big = tmp_path / "big.jpg"
+    Image.fromarray(blocks.repeat(200, 0).repeat(200, 1)).save(big, quality=95, exif=exif)
+    difference = np.abs(load_image(big, (64, 64)) - np.rot90(load_image(big, (64, 64), exif=False), k=-1))
+    assert difference.mean() < 0.1 / 255 and difference.max() < 16 / 255
 
 
 def _transparent_palette():
