@@ -88,8 +88,10 @@ def load_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPO
         raise ImageError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file")
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # PIL warns above this and raises above twice this
     target = (size[1], size[0])  # PIL sizes are (width, height)
+    # PIL warns above MAX_IMAGE_PIXELS and raises above twice it; set for this file only, since the
+    # limit is a process-wide global that other readers (data.read_image) rely on too.
+    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
     try:
         with warnings.catch_warnings():
             # A DecompressionBombWarning must fail this file, not scroll past on stderr.
@@ -123,6 +125,8 @@ def load_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPO
         raise ImageError(f"{path}: too large to decode in memory") from None
     except Exception as err:  # noqa: BLE001 - a broken file can trip any decoder; report it, go on with the rest
         raise ImageError(f"{path}: cannot decode ({type(err).__name__}: {err})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
 
 
 def expand_inputs(inputs: Iterable) -> Tuple[List[Path], List[str]]:

@@ -345,3 +345,15 @@ def test_help_does_not_import_jax():
     probe = "import sys; from signs_jax import predict\ntry:\n    predict.main(['--help'])\nexcept SystemExit: pass\nprint('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
+
+
+def test_the_bomb_limit_does_not_leak_into_pil(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    before = PILImage.MAX_IMAGE_PIXELS
+    path = tmp_path / "x.png"
+    Image.new("RGB", (40, 40)).save(path)
+    monkeypatch.setattr(images, "MAX_PIXELS", 500)
+    with pytest.raises(ImageError):
+        load_image(path, (64, 64))
+    assert PILImage.MAX_IMAGE_PIXELS == before  # other readers in the process keep PIL's own limit
