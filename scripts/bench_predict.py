@@ -38,9 +38,8 @@ def main():
     p.add_argument("--weights", required=True, help="a Keras .h5 (or a run directory; then no Keras comparison)")
     p.add_argument("--image", required=True)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--keras-python", default=os.environ.get("KERAS_PYTHON") or next(
-        (py for py in ("/work/kvenv/bin/python",) if Path(py).exists()), sys.executable),
-        help="a Python that can import tf_keras (default: $KERAS_PYTHON, then /work/kvenv/bin/python if present)")
+    p.add_argument("--keras-python", default=os.environ.get("KERAS_PYTHON") or sys.executable,
+                   help="a Python that can import tf_keras (default: $KERAS_PYTHON, then this Python)")
     args = p.parse_args()
 
     ours = [sys.executable, "-m", "signs_jax.predict", args.image, "--weights", args.weights, "--interpolation", "nearest", "--json"]

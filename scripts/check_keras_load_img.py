@@ -30,7 +30,8 @@ np.savez(sys.argv[1], *[keras.utils.img_to_array(keras.utils.load_img(f, target_
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--keras-python", default=os.environ.get("KERAS_PYTHON", "/work/kvenv/bin/python"))
+    p.add_argument("--keras-python", default=os.environ.get("KERAS_PYTHON") or sys.executable,
+                   help="a Python that can import tf_keras (default: $KERAS_PYTHON, then this Python)")
     args = p.parse_args()
     rng = np.random.default_rng(3)
     tmp = Path(tempfile.mkdtemp(prefix="load_img_"))
