@@ -1,12 +1,17 @@
 """Every convolution implementation computes what lax.conv computes, values and gradients."""
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import signs_jax
 from signs_jax.conv import MatmulConv, same_padding
 from signs_jax.layers import XlaConv
 from signs_jax.models import CONV_IMPLEMENTATIONS
+
+FAST = sorted(set(CONV_IMPLEMENTATIONS) - {"xla"})
 
 CASES = [  # kernel, stride, padding, input size
     (1, 1, "VALID", 15),
@@ -17,18 +22,29 @@ CASES = [  # kernel, stride, padding, input size
     (2, 2, "SAME", 7),  # even kernels: TensorFlow puts the odd padding pixel bottom/right
     (4, 2, "SAME", 9),
     (3, 1, "VALID", 6),
+    (3, 1, ((0, 2), (1, 0)), 6),  # asymmetric explicit padding
 ]
 
 
-@pytest.mark.parametrize("kernel, stride, padding, size", CASES)
-@pytest.mark.parametrize("name", sorted(set(CONV_IMPLEMENTATIONS) - {"xla"}))
-def test_values_and_gradients_equal_lax_conv(name, kernel, stride, padding, size):
-    conv = CONV_IMPLEMENTATIONS[name]
-    x = jax.random.normal(jax.random.key(1), (2, size, size + 1, 5))
-    ref = XlaConv(6, (kernel, kernel), strides=(stride, stride), padding=padding)
-    fast = conv(6, (kernel, kernel), strides=(stride, stride), padding=padding)
+def random_cases(n, seed=0):
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(n):
+        k, s = int(rng.integers(1, 6)), int(rng.integers(1, 4))
+        padding = ["SAME", "VALID", tuple((int(a), int(b)) for a, b in rng.integers(0, 3, (2, 2)))][rng.integers(3)]
+        size = int(rng.integers(k + s, 14))
+        cases.append((k, s, padding, size, int(rng.integers(1, 9)), int(rng.integers(1, 9))))
+    return cases
+
+
+def assert_same_as_lax_conv(conv, kernel, stride, padding, size, c_in=5, c_out=6):
+    x = jax.random.normal(jax.random.key(1), (2, size, size + 1, c_in))
+    ref = XlaConv(c_out, (kernel, kernel), strides=(stride, stride), padding=padding)
+    fast = conv(c_out, (kernel, kernel), strides=(stride, stride), padding=padding)
     variables = ref.init(jax.random.key(0), x)
-    assert jax.tree_util.tree_structure(fast.init(jax.random.key(0), x)) == jax.tree_util.tree_structure(variables)
+    fast_variables = fast.init(jax.random.key(0), x)
+    shapes = lambda tree: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), tree)  # noqa: E731
+    assert shapes(fast_variables) == shapes(variables)  # same param tree: Keras .h5 import is unchanged
     np.testing.assert_allclose(fast.apply(variables, x), ref.apply(variables, x), atol=1e-5)
 
     def loss(module):
@@ -40,6 +56,18 @@ def test_values_and_gradients_equal_lax_conv(name, kernel, stride, padding, size
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kernel, stride, padding, size", CASES)
+@pytest.mark.parametrize("name", FAST)
+def test_values_and_gradients_equal_lax_conv(name, kernel, stride, padding, size):
+    assert_same_as_lax_conv(CONV_IMPLEMENTATIONS[name], kernel, stride, padding, size)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, size, c_in, c_out", random_cases(6))
+@pytest.mark.parametrize("name", FAST)
+def test_random_shapes_equal_lax_conv(name, kernel, stride, padding, size, c_in, c_out):
+    assert_same_as_lax_conv(CONV_IMPLEMENTATIONS[name], kernel, stride, padding, size, c_in, c_out)
+
+
 def test_same_padding_is_tensorflows():
     assert same_padding(8, 3, 1) == (1, 1)
     assert same_padding(7, 2, 2) == (0, 1)  # odd pixel after
@@ -47,15 +75,26 @@ def test_same_padding_is_tensorflows():
     assert same_padding(15, 1, 2) == (0, 0)
 
 
-def test_bfloat16_compute_keeps_float32_params():
+@pytest.mark.parametrize("name", FAST)
+def test_bfloat16_compute_keeps_float32_params_and_gradients(name):
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
-    conv = MatmulConv(3, (3, 3), dtype=jnp.bfloat16)
+    conv = CONV_IMPLEMENTATIONS[name](3, (3, 3), dtype=jnp.bfloat16, param_dtype=jnp.float32)
     variables = conv.init(jax.random.key(0), x)
     assert variables["params"]["kernel"].dtype == jnp.float32
     y = conv.apply(variables, x)
     assert y.dtype == jnp.bfloat16
-    ref = XlaConv(3, (3, 3)).apply(variables, x)
-    np.testing.assert_allclose(np.asarray(y, np.float32), ref, atol=0.1)
+    ref = XlaConv(3, (3, 3))
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref.apply(variables, x), atol=0.1)
+    grads = jax.grad(lambda v: jnp.sum(conv.apply(v, x).astype(jnp.float32) ** 2))(variables)
+    ref_grads = jax.grad(lambda v: jnp.sum(ref.apply(v, x) ** 2))(variables)
+    for g, r in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
+        assert g.dtype == jnp.float32
+        np.testing.assert_allclose(g, r, rtol=0.05, atol=0.05 * float(jnp.abs(r).max()))
+
+
+def test_the_default_model_uses_the_matmul_conv():
+    assert inspect.signature(signs_jax.ResNet50).parameters["conv"].default == "matmul"
+    assert signs_jax.ResNet50().conv is MatmulConv
 
 
 def test_xla_conv_path_also_matches_keras(keras_loaded, keras_images, keras_expected):
