@@ -1,10 +1,14 @@
 """Throughput of the ResNet50 train step and inference, side by side with tf-keras in the same run.
 
-    python scripts/bench.py                          # float32, default conv
+    python scripts/bench.py                                   # float32, default conv
     python scripts/bench.py --conv xla --dtype bfloat16 --compare keras --json
 
-Prints images/s (median of --repeats timed runs after warm-up), compile times, achieved GFLOP/s from
-XLA's cost analysis, and this machine's matmul peak measured in the same run.
+Every timed function (JAX train step, JAX inference, the 2048^3 matmuls that give this machine's
+peak, and tf-keras's train_on_batch / predict_on_batch with --compare keras) is warmed up, then run
+round-robin, one call each per round, and reported as the median over --repeats rounds. The machine
+may be shared: interleaving keeps a burst of outside load from landing on one side only, so the
+ratios are the numbers to trust. Compile times are given as wall and as CPU seconds (the XLA
+compiler is mostly single-threaded, so its CPU time is what it takes on an idle machine).
 """
 import argparse
 import json
@@ -16,25 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+# Runtimes such as TensorFlow's spin their worker threads for a while after each call; a short
+# pause between the timed calls keeps one side's spinning threads out of the other side's timing.
+PAUSE_S = 0.1
 
 
-def matmul_peak_gflops(dtype, n=2048, repeats=5) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    f(a, a).block_until_ready()
-    return 2 * n**3 / median_time(lambda: f(a, a).block_until_ready(), repeats) / 1e9
+def timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - t0, time.process_time() - c0
 
 
 def flops_of(compiled) -> float:
@@ -43,7 +37,8 @@ def flops_of(compiled) -> float:
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
-def bench_jax(args) -> dict:
+def jax_runners(args, out: dict) -> dict:
+    """name -> (call, work): `call()` runs once and blocks; `work` is (images, flops) per call."""
     import jax
     import jax.numpy as jnp
 
@@ -53,90 +48,127 @@ def bench_jax(args) -> dict:
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     model = signs_jax.ResNet50(width=args.width, dtype=dtype, conv=args.conv)
-    recipe = RECIPES["original"].replace(batch_size=args.batch_size)
+    recipe = RECIPES["original"].replace(batch_size=args.batch_size)  # Adam, as the course trains
     tx = make_optimizer(recipe, 33)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch_size, 64, 64, 3), dtype=np.uint8)
     labels = rng.integers(0, 6, args.batch_size).astype(np.int32)
-    out = {}
+    runners = {}
 
-    state = create_state(signs_jax.init_variables(model, jax.random.key(0)), tx, 0)
-    step = make_train_step(model, tx, recipe)
-    t0 = time.perf_counter()
-    compiled = step.lower(state, images, labels).compile()
-    out["train_compile_s"] = time.perf_counter() - t0
-    train_flops = flops_of(compiled)
-    holder = {"state": state}
+    holder = {"state": create_state(signs_jax.init_variables(model, jax.random.key(0)), tx, 0)}
+    step = make_train_step(model, tx, recipe)  # jitted, state donated, BatchNorm in train mode
+    compiled, out["train_compile_s"], out["train_compile_cpu_s"] = timed(
+        lambda: step.lower(holder["state"], images, labels).compile()
+    )
 
     def train_once():
         holder["state"], metrics = compiled(holder["state"], images, labels)
         metrics["loss"].block_until_ready()
 
-    t = median_time(train_once, args.repeats)
-    out["train_images_per_s"] = args.batch_size / t
-    out["train_gflops_per_s"] = train_flops / t / 1e9
+    runners["train"] = (train_once, (args.batch_size, flops_of(compiled)))
 
     variables = signs_jax.init_variables(model, jax.random.key(0))
     x = rng.uniform(size=(args.infer_batch_size, 64, 64, 3)).astype(np.float32)
     infer = jax.jit(lambda v, x: model.apply(v, x))
-    t0 = time.perf_counter()
-    compiled_infer = infer.lower(variables, x).compile()
-    out["eval_compile_s"] = time.perf_counter() - t0
-    t = median_time(lambda: compiled_infer(variables, x).block_until_ready(), args.repeats)
-    out["infer_images_per_s"] = args.infer_batch_size / t
-    out["infer_gflops_per_s"] = flops_of(compiled_infer) / t / 1e9
-    out["matmul_peak_gflops_per_s"] = matmul_peak_gflops(dtype)
-    return out
+    compiled_infer, out["eval_compile_s"], out["eval_compile_cpu_s"] = timed(lambda: infer.lower(variables, x).compile())
+    runners["infer"] = (lambda: compiled_infer(variables, x).block_until_ready(), (args.infer_batch_size, flops_of(compiled_infer)))
+
+    n = 2048
+    for name, dt in (("peak_float32", jnp.float32), ("peak_bfloat16", jnp.bfloat16)):
+        a = jnp.asarray(rng.uniform(size=(n, n)), dt)
+        mm = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)).lower(a, a).compile()
+        runners[name] = (lambda mm=mm, a=a: mm(a, a).block_until_ready(), (0, 2.0 * n**3))
+    return runners
 
 
-def bench_keras(args) -> dict:
+def keras_runners(args, out: dict) -> dict:
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     try:
-        import tf_keras as keras  # noqa: F401
+        import tf_keras  # noqa: F401
     except ImportError:
-        print("(--compare keras skipped: tf_keras is not installed; pip install -e '.[keras]')", file=sys.stderr)
+        print("--compare keras skipped: tf_keras is not importable here (pip install -e '.[keras]')", file=sys.stderr)
         return {}
     import keras_reference
 
     rng = np.random.default_rng(0)
-    model = keras_reference.ResNet50(width=args.width)
+    model = keras_reference.ResNet50((64, 64, 3), 6, args.width)
     model.compile(optimizer="adam", loss="categorical_crossentropy")
     x = rng.uniform(size=(args.batch_size, 64, 64, 3)).astype(np.float32)
     y = np.eye(6, dtype=np.float32)[rng.integers(0, 6, args.batch_size)]
-    model.train_on_batch(x, y)
-    t = median_time(lambda: model.train_on_batch(x, y), args.repeats)
+    _, out["keras_train_first_call_s"], _ = timed(lambda: model.train_on_batch(x, y))
     xi = rng.uniform(size=(args.infer_batch_size, 64, 64, 3)).astype(np.float32)
-    ti = median_time(lambda: model.predict_on_batch(xi), args.repeats)
-    return {"keras_train_images_per_s": args.batch_size / t, "keras_infer_images_per_s": args.infer_batch_size / ti}
+    _, out["keras_infer_first_call_s"], _ = timed(lambda: model.predict_on_batch(xi))
+    return {
+        "keras_train": (lambda: model.train_on_batch(x, y), (args.batch_size, 0.0)),
+        "keras_infer": (lambda: model.predict_on_batch(xi), (args.infer_batch_size, 0.0)),
+    }
 
 
-def main():
+def measure(runners: dict, repeats: int, warmup: int = 2) -> dict:
+    for call, _ in runners.values():
+        for _ in range(warmup):
+            call()
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, (call, _) in runners.items():
+            time.sleep(PAUSE_S)
+            t0 = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main(argv=None):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from signs_jax.models import CONV_IMPLEMENTATIONS
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--conv", default="matmul", help="convolution implementation (default: %(default)s)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--infer-batch-size", type=int, default=120)
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--compare", choices=("keras",), help="also measure tf-keras on the same machine, in this run")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    args = p.parse_args()
+    p.add_argument("--conv", choices=sorted(CONV_IMPLEMENTATIONS), default=None,
+                   help="convolution implementation (default: ResNet50's default)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay float32)")
+    p.add_argument("--width", type=float, default=1.0, help="filter-count multiplier (1.0 = the full ResNet50)")
+    p.add_argument("--batch-size", type=int, default=32, help="train batch (default: %(default)s)")
+    p.add_argument("--infer-batch-size", type=int, default=120, help="inference batch (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds after warm-up, >= 5 (default: %(default)s)")
+    p.add_argument("--compare", choices=("keras",), help="also time tf-keras on the same model, interleaved in this run")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = p.parse_args(argv)
+    if args.repeats < 5:
+        p.error("--repeats must be at least 5")
+    if args.conv is None:
+        import inspect
 
-    result = {"conv": args.conv, "dtype": args.dtype, "batch_size": args.batch_size, **bench_jax(args)}
+        import signs_jax
+
+        args.conv = inspect.signature(signs_jax.ResNet50).parameters["conv"].default
+
+    result = {"conv": args.conv, "dtype": args.dtype, "width": args.width, "batch_size": args.batch_size,
+              "infer_batch_size": args.infer_batch_size, "repeats": args.repeats}
+    runners = jax_runners(args, result)
     if args.compare == "keras":
-        result.update(bench_keras(args))
-        if "keras_train_images_per_s" in result:
-            result["train_vs_keras"] = result["train_images_per_s"] / result["keras_train_images_per_s"]
-            result["infer_vs_keras"] = result["infer_images_per_s"] / result["keras_infer_images_per_s"]
-    result["train_fraction_of_peak"] = result["train_gflops_per_s"] / result["matmul_peak_gflops_per_s"]
-    result["infer_fraction_of_peak"] = result["infer_gflops_per_s"] / result["matmul_peak_gflops_per_s"]
+        runners.update(keras_runners(args, result))
+    medians = measure(runners, args.repeats)
+    for name, seconds in medians.items():
+        images, flops = runners[name][1]
+        if name.startswith("peak_"):
+            result[f"matmul_{name}_gflops_per_s"] = flops / seconds / 1e9
+            continue
+        result[f"{name}_images_per_s"] = images / seconds
+        if flops:
+            result[f"{name}_gflops_per_s"] = flops / seconds / 1e9
+    peak = result[f"matmul_peak_{args.dtype}_gflops_per_s"]
+    for name in ("train", "infer"):
+        result[f"{name}_fraction_of_peak"] = result[f"{name}_gflops_per_s"] / peak
+        if f"keras_{name}_images_per_s" in result:
+            result[f"{name}_vs_keras"] = result[f"{name}_images_per_s"] / result[f"keras_{name}_images_per_s"]
     if args.json:
         print(json.dumps(result))
-        return
+        return result
     for key, value in result.items():
-        print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
+        print(f"{key:34s} {value:.3f}" if isinstance(value, float) else f"{key:34s} {value}")
+    return result
 
 
 if __name__ == "__main__":
