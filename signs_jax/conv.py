@@ -73,10 +73,11 @@ def _patches_matmul_bwd(residuals, g):
     # Contracted over the 4-D arrays as they are: reshaped to 2-D, XLA runs this dot without any copy
     # (1.12x train step), but its data-parallel partitioning then rounds differently enough for the
     # 1-vs-4-device training test to drift apart. Unreshaped, XLA copies the dot's left operand into a
-    # transposed layout, so the operand with fewer channels goes left.
+    # transposed layout, so the operand with fewer channels goes left; not for bfloat16, where the
+    # resulting dot lands on an XLA CPU kernel without bfloat16 x bfloat16 -> float32 support.
     axes = tuple(range(g.ndim - 1))
     contract = ((axes, axes), ((), ()))
-    if g.shape[-1] < patches.shape[-1]:
+    if g.shape[-1] < patches.shape[-1] and patches.dtype == jnp.float32:
         d_kernel = jax.lax.dot_general(g, patches, contract, preferred_element_type=jnp.float32).T
     else:
         d_kernel = jax.lax.dot_general(patches, g, contract, preferred_element_type=jnp.float32)
