@@ -11,9 +11,9 @@ import numpy as np
 
 from . import config
 from .errors import UserError
+from .images import IMAGE_SUFFIXES
 
 H5_FILES = {"train": ("train_signs.h5", "train_set_x", "train_set_y"), "test": ("test_signs.h5", "test_set_x", "test_set_y")}
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FLAT_LABEL = re.compile(r"^(\d+)_")
 
 # Test images whose RMS pixel distance (0-255 scale) to some training image is at most this are treated

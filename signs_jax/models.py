@@ -20,6 +20,7 @@ from .layers import BatchNorm, Dense, XlaConv
 
 ModuleDef = Any
 
+DEFAULT_CONV = "matmul"
 CONV_IMPLEMENTATIONS = {"xla": XlaConv, "matmul": MatmulConv}
 
 
@@ -116,7 +117,7 @@ def ResNet50(
     stage_sizes: Sequence[int] = config.RESNET50_STAGE_SIZES,
     input_shape: Tuple[int, int, int] = config.INPUT_SHAPE,
     dtype: Any = jnp.float32,
-    conv: str = "matmul",
+    conv: str = DEFAULT_CONV,
     bn_momentum: float = config.BN_MOMENTUM,
 ) -> ResNet:
     """The original model; `width` scales every filter count and `stage_sizes` sets the depth.

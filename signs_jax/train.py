@@ -78,12 +78,10 @@ def _prepare_run_dir(args) -> Path:
 
 
 def _new_config(args, dataset) -> Dict[str, Any]:
-    from .models import CONV_IMPLEMENTATIONS, ResNet50
-    import inspect
+    from .models import CONV_IMPLEMENTATIONS, DEFAULT_CONV
 
     recipe = RECIPES[args.recipe].replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    default_conv = inspect.signature(ResNet50).parameters["conv"].default
-    conv = args.conv or default_conv
+    conv = args.conv or DEFAULT_CONV
     if conv not in CONV_IMPLEMENTATIONS:
         raise UserError(f"--conv {conv}: choose from {', '.join(sorted(CONV_IMPLEMENTATIONS))}")
     try:
