@@ -11,10 +11,17 @@ import numpy as np
 
 from . import config
 from .errors import UserError
-from .images import IMAGE_SUFFIXES
+from .images import IMAGE_SUFFIXES, ImageError, decode_image
 
 H5_FILES = {"train": ("train_signs.h5", "train_set_x", "train_set_y"), "test": ("test_signs.h5", "test_set_x", "test_set_y")}
 FLAT_LABEL = re.compile(r"^(\d+)_")
+# How image folders are resized (to --image-size, or to the first training image's size): Pillow's
+# bilinear filter (antialiased when shrinking) without JPEG draft decoding, EXIF orientation applied.
+# That is what training folders used before they shared prediction's decoder, kept so that folder runs
+# started before (and resumed after) see the same pixels. Prediction defaults to lanczos because it
+# shrinks large photos to 64x64; training folders such as SIGNS's jpgs are usually at the model's size
+# already, and then no filter runs at all.
+FOLDER_INTERPOLATION = "bilinear"
 
 # Test images whose RMS pixel distance (0-255 scale) to some training image is at most this are treated
 # as near-copies: the same shot saved twice sits at the JPEG-noise level (3-5), a consecutive frame of
@@ -147,19 +154,6 @@ def list_images(folder: Path) -> List[Tuple[Path, str]]:
     return items
 
 
-def read_image(path: Path, size: Tuple[int, int], resample=None) -> np.ndarray:
-    """An image file as uint8 RGB (H, W, 3) at `size` (height, width); EXIF orientation applied."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode not in ("RGB",):
-            img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "LA", "PA") else img.convert("RGB")
-        if img.size != (size[1], size[0]):
-            img = img.resize((size[1], size[0]), resample if resample is not None else Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
-
-
 def _class_sort_key(name: str):
     return (0, int(name), name) if name.isdigit() else (1, 0, name)
 
@@ -181,8 +175,10 @@ def load_image_folders(train_dir, test_dir, val_dir=None, image_size=None) -> Da
         images, labels = [], []
         for path, cls in items:
             try:
-                images.append(read_image(path, image_size))
+                images.append(decode_image(path, image_size, FOLDER_INTERPOLATION, exif=True, draft=False))
                 labels.append(index[cls])
+            except ImageError as err:  # its message names the file and says why
+                skipped.append(str(err))
             except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not fatal
                 skipped.append(f"{path} ({type(err).__name__}: {err})")
         if not images:

@@ -1,4 +1,4 @@
-"""Image files -> model input: EXIF orientation, any mode to RGB, resize, [0, 1].
+"""Image files -> pixels: EXIF orientation, any mode to RGB, resize; uint8 for training data, [0, 1] to predict.
 
 `--interpolation nearest` with `exif=False` reproduces Keras's `load_img(path, target_size=...)`
 exactly for RGB and greyscale files (Keras ignores EXIF, converts with `convert("RGB")` and resizes
@@ -76,6 +76,18 @@ def load_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPO
     `draft`: let libjpeg decode a large JPEG at a reduced scale first (never for `nearest`, which
     must pick the same pixels as Keras).
     """
+    import numpy as np
+
+    return decode_image(path, size, interpolation, exif, draft).astype(np.float32) / 255.0
+
+
+def decode_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPOLATION, exif: bool = True,
+                 draft: bool = True) -> "np.ndarray":  # noqa: F821
+    """`path` as uint8 RGB (H, W, 3) at `size` = (height, width); ImageError (naming the file) if unusable.
+
+    The one image decoder of the package: `load_image` (prediction) scales its result to [0, 1];
+    training's image folders (`data.load_image_folders`) keep it as uint8. `draft` as in `load_image`.
+    """
     import warnings
 
     import numpy as np
@@ -90,7 +102,7 @@ def load_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPO
         raise ImageError(f"{path}: empty file")
     target = (size[1], size[0])  # PIL sizes are (width, height)
     # PIL warns above MAX_IMAGE_PIXELS and raises above twice it; set for this file only, since the
-    # limit is a process-wide global that other readers (data.read_image) rely on too.
+    # limit is a process-wide global that other Pillow users in the process rely on too.
     pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
     try:
         with warnings.catch_warnings():
@@ -110,7 +122,7 @@ def load_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPO
                 img = to_rgb(img)
                 if img.size != target:
                     img = img.resize(target, _resample(interpolation))
-                return np.asarray(img, dtype=np.float32) / 255.0
+                return np.asarray(img, dtype=np.uint8)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
