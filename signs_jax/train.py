@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from . import config
 from .errors import UserError
@@ -218,17 +218,65 @@ def _write_result_csv(path: Path, row: Dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def run(args) -> int:
-    import jax
+def _no_sums() -> Dict[str, Any]:
+    return {"loss": 0.0, "correct": 0, "seen": 0}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """A training run, set up: its directory, config, data, model, optimizer, checkpoints and compiled steps."""
+
+    args: argparse.Namespace
+    run_dir: Path
+    cfg: Dict[str, Any]
+    dataset: Any  # data.Dataset, validation held out
+    recipe: Recipe
+    model: Any
+    dp: Any  # parallel.DataParallel
+    steps_per_epoch: int
+    tx: Any  # the optax optimizer
+    ckpts: Any  # checkpoints.RunCheckpoints
+    train_step: Any
+    eval_step: Any
+    bn_statistics_step: Any
+    calibration_images: Any  # a fixed, seeded subset of clean training images for re-estimating BatchNorm statistics
+    near_copies: Any  # bool per test image: has a near-copy in train
+
+    @property
+    def seed(self) -> int:
+        return self.cfg["seed"]
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def meta(self, epoch: int, step_in_epoch: int, sums: Dict[str, Any]) -> Dict[str, Any]:
+        """A checkpoint's `meta` item: where in the epoch loop its state stands."""
+        return {"epoch": epoch, "step_in_epoch": step_in_epoch, "epoch_sums": sums, "seed": self.seed}
+
+    def say(self, *args, **kwargs) -> None:
+        """Print on the primary process only."""
+        if self.dp.is_primary:
+            print(*args, **kwargs)
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Where a run stands: the train state, the epoch, the steps of it done and their sums, the epochs' records."""
+
+    state: Any
+    epoch: int = 0  # the epoch under way, from 0
+    start: int = 0  # steps of it already done (a run resumed mid-epoch)
+    sums: Dict[str, Any] = dataclasses.field(default_factory=_no_sums)
+    history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+def _setup(args) -> _Job:
+    """Processes and devices, the run directory and its config, the data, the model and the optimizer."""
     import numpy as np
-    from tqdm import tqdm
 
     from .checkpoints import RunCheckpoints, model_from_config, read_config
-    from .models import abstract_variables
-    from .data import hold_out_validation, load_dataset, near_copy_mask, train_batches
-    from .plots import plot_curves
-    from .steps import create_state, evaluate, recalibrate_batch_stats
-
+    from .data import hold_out_validation, load_dataset, near_copy_mask
     from .parallel import DataParallel, initialize_distributed
 
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
@@ -266,103 +314,148 @@ def run(args) -> int:
         raise UserError(f"batch size {recipe.batch_size} is larger than the training set ({len(dataset.train.labels)} images)")
     dp.check_batch_size(recipe.batch_size)
     dp.check_batch_size(cfg["eval_batch_size"], "--eval-batch-size")
-    tx = compiled_steps.optimizer(recipe, steps_per_epoch)
-    ckpts = RunCheckpoints(run_dir)
-    metrics_path = run_dir / "metrics.jsonl"
+    calibration = np.random.default_rng([seed, 7]).permutation(len(dataset.train.labels))[: recipe.bn_recalibration_images]
+    train_step, eval_step, bn_statistics_step = compiled_steps(model, recipe, steps_per_epoch, dp)
+    return _Job(
+        args=args, run_dir=run_dir, cfg=cfg, dataset=dataset, recipe=recipe, model=model, dp=dp,
+        steps_per_epoch=steps_per_epoch, tx=compiled_steps.optimizer(recipe, steps_per_epoch), ckpts=RunCheckpoints(run_dir),
+        train_step=train_step, eval_step=eval_step, bn_statistics_step=bn_statistics_step,
+        calibration_images=dataset.train.images[calibration],
+        near_copies=near_copy_mask(dataset.test.images, dataset.train.images),
+    )
 
-    if args.resume:
-        abstract = jax.eval_shape(lambda: create_state(abstract_variables(model), tx, seed, bool(recipe.ema_decay)))
-        abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dp.replicated), abstract)
-        state, meta, restored_step = ckpts.restore_latest(abstract)
-        epoch, start, sums = meta["epoch"], meta["step_in_epoch"], meta["epoch_sums"]
-        history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-        history = [h for h in history if h["epoch"] <= epoch]  # drop epochs after the restored checkpoint
-        if dp.is_primary:
-            metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-        print(f"resuming {run_dir} at epoch {epoch + 1}, step {restored_step}")
-    else:
-        state = dp.replicate(create_state(_initial_variables(model, cfg), tx, seed, bool(recipe.ema_decay)))
-        epoch, start, sums, history = 0, 0, {"loss": 0.0, "correct": 0, "seen": 0}, []
+
+def _start(job: _Job) -> _Progress:
+    """A fresh state (with a fresh metrics.jsonl), or with --resume the newest checkpoint that restores."""
+    import jax
+
+    from .models import abstract_variables
+    from .steps import create_state
+
+    recipe, dp, metrics_path = job.recipe, job.dp, job.metrics_path
+    if not job.args.resume:
+        state = dp.replicate(create_state(_initial_variables(job.model, job.cfg), job.tx, job.seed, bool(recipe.ema_decay)))
         if dp.is_primary:
             metrics_path.unlink(missing_ok=True)
+        return _Progress(state)
+    abstract = jax.eval_shape(lambda: create_state(abstract_variables(job.model), job.tx, job.seed, bool(recipe.ema_decay)))
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dp.replicated), abstract)
+    state, meta, restored_step = job.ckpts.restore_latest(abstract)
+    epoch = meta["epoch"]
+    history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
+    history = [h for h in history if h["epoch"] <= epoch]  # drop epochs after the restored checkpoint
+    if dp.is_primary:
+        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    print(f"resuming {job.run_dir} at epoch {epoch + 1}, step {restored_step}")
+    return _Progress(state, epoch, meta["step_in_epoch"], meta["epoch_sums"], history)
 
-    train_step, eval_step, bn_statistics_step = compiled_steps(model, recipe, steps_per_epoch, dp)
-    # A fixed, seeded subset of clean training images for re-estimating BatchNorm statistics.
-    calibration_images = dataset.train.images[np.random.default_rng([seed, 7]).permutation(len(dataset.train.labels))[: recipe.bn_recalibration_images]]
-    say = print if dp.is_primary else (lambda *a, **k: None)
-    near_copies = near_copy_mask(dataset.test.images, dataset.train.images)
-    say(f"run {run_dir}: {dataset.source}, {len(dataset.train.labels)} train / {len(dataset.test.labels)} test images "
-          f"({int(near_copies.sum())} test images have a near-copy in train), {model.num_classes} classes, "
-          f"recipe {cfg['recipe_name']}: {recipe.epochs} epochs x {steps_per_epoch} steps of {recipe.batch_size}"
-          f" on {dp.num_devices} device(s) in {dp.process_count} process(es)")
 
-    def meta_now(epoch_, step_in_epoch, sums_):
-        return {"epoch": epoch_, "step_in_epoch": step_in_epoch, "epoch_sums": sums_, "seed": seed}
+def _train_epoch(job: _Job, progress: _Progress, stop: StopRequest, t0: float) -> bool:
+    """The remaining steps of `progress.epoch`. False when a stop request ended the run: the state is saved."""
+    from tqdm import tqdm
 
-    with StopRequest() as stop:
-        while epoch < recipe.epochs:
-            t0 = time.perf_counter()
-            bar = tqdm(total=steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step",
-                       disable=True if args.no_progress or not dp.is_primary else None, leave=False, dynamic_ncols=True)
-            for k, (images, labels) in enumerate(train_batches(dataset.train, recipe.batch_size, seed, epoch, start), start):
-                state, m = train_step(state, *dp.shard(images, labels))
-                loss, correct, finite = float(m["loss"]), int(m["correct"]), bool(m["finite"])
-                if not finite:
-                    bar.close()
-                    raise UserError(
-                        f"loss became {loss} at epoch {epoch + 1}, step {k + 1} (try a lower --lr); "
-                        f"the last good checkpoint in {ckpts.directory} is kept"
-                    )
-                sums = {"loss": sums["loss"] + loss * len(labels), "correct": sums["correct"] + correct, "seen": sums["seen"] + len(labels)}
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", img_s=f"{(k + 1 - start) * recipe.batch_size / max(elapsed, 1e-9):.1f}")
-                bar.update(1)
-                if stop.signal is not None:
-                    bar.close()
-                    step = int(state.step)
-                    ckpts.save(step, state, meta_now(epoch, k + 1, sums))
-                    ckpts.close()
-                    print(f"saved step {step} to {ckpts.directory}; continue with: python -m signs_jax.train --resume --workdir {args.workdir} --run {run_dir.name}")
-                    return 0
+    from .data import train_batches
+
+    recipe, dp, epoch, start = job.recipe, job.dp, progress.epoch, progress.start
+    bar = tqdm(total=job.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step",
+               disable=True if job.args.no_progress or not dp.is_primary else None, leave=False, dynamic_ncols=True)
+    for k, (images, labels) in enumerate(train_batches(job.dataset.train, recipe.batch_size, job.seed, epoch, start), start):
+        progress.state, m = job.train_step(progress.state, *dp.shard(images, labels))
+        loss, correct, finite = float(m["loss"]), int(m["correct"]), bool(m["finite"])
+        if not finite:
             bar.close()
-            train_seconds = time.perf_counter() - t0
+            raise UserError(
+                f"loss became {loss} at epoch {epoch + 1}, step {k + 1} (try a lower --lr); "
+                f"the last good checkpoint in {job.ckpts.directory} is kept"
+            )
+        sums = progress.sums
+        progress.sums = sums = {"loss": sums["loss"] + loss * len(labels), "correct": sums["correct"] + correct,
+                                "seen": sums["seen"] + len(labels)}
+        elapsed = time.perf_counter() - t0
+        bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", img_s=f"{(k + 1 - start) * recipe.batch_size / max(elapsed, 1e-9):.1f}")
+        bar.update(1)
+        if stop.signal is not None:
+            bar.close()
+            step = int(progress.state.step)
+            job.ckpts.save(step, progress.state, job.meta(epoch, k + 1, sums))
+            job.ckpts.close()
+            print(f"saved step {step} to {job.ckpts.directory}; continue with: python -m signs_jax.train --resume "
+                  f"--workdir {job.args.workdir} --run {job.run_dir.name}")
+            return False
+    bar.close()
+    return True
 
-            variables = state.eval_variables()
-            if recipe.bn_recalibration_images:
-                variables = recalibrate_batch_stats(bn_statistics_step, variables, calibration_images, cfg["eval_batch_size"], dp)
-            record = {"epoch": epoch + 1, "step": int(state.step), "train_loss": sums["loss"] / sums["seen"],
-                      "train_accuracy": sums["correct"] / sums["seen"]}
-            if dataset.validation is not None:
-                record["val_loss"], record["val_accuracy"], _ = evaluate(eval_step, variables, dataset.validation, cfg["eval_batch_size"], dp)
-            record["test_loss"], record["test_accuracy"], probs = evaluate(eval_step, variables, dataset.test, cfg["eval_batch_size"], dp)
-            correct = probs.argmax(1) == dataset.test.labels
-            record["test_accuracy_no_near_copies"] = float(correct[~near_copies].mean()) if (~near_copies).any() else None
-            record["seconds"] = time.perf_counter() - t0
-            record["train_images_per_s"] = sums["seen"] / train_seconds
-            history.append(record)
-            if dp.is_primary:
-                _append_jsonl(metrics_path, record)
-            score = record.get("val_accuracy", record["test_accuracy"])
-            epoch, start, sums = epoch + 1, 0, {"loss": 0.0, "correct": 0, "seen": 0}
-            ckpts.save(int(state.step), state, meta_now(epoch, 0, sums), score=score, variables=variables)
-            val = f"  val {record['val_loss']:.4f}/{record['val_accuracy']:.3f}" if "val_loss" in record else ""
-            say(f"epoch {record['epoch']:3d}/{recipe.epochs}  train {record['train_loss']:.4f}/{record['train_accuracy']:.3f}{val}"
-                  f"  test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}"
-                  f" (no near-copies {record['test_accuracy_no_near_copies']:.3f})  {record['seconds']:.1f}s", flush=True)
-            if dp.is_primary:
-                plot_curves(history, run_dir / "curves.png")
-    ckpts.close()
-    if not dp.is_primary:
-        return 0
 
-    final = history[-1] if history else {}
-    _write_result_csv(run_dir / "Result.csv", {
-        "run": run_dir.name, "recipe": cfg["recipe_name"], "epochs": recipe.epochs, "batch_size": recipe.batch_size,
-        "lr": recipe.lr, "seed": seed, "test_loss": final.get("test_loss"), "test_accuracy": final.get("test_accuracy"),
-        "test_accuracy_no_near_copies": final.get("test_accuracy_no_near_copies"), "near_copies": int(near_copies.sum()),
+def _evaluate_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float):
+    """(the epoch's metrics record, the weights it evaluated): BatchNorm recalibrated, then validation and test."""
+    from .steps import evaluate, recalibrate_batch_stats
+
+    dataset, dp, sums, eval_batch_size = job.dataset, job.dp, progress.sums, job.cfg["eval_batch_size"]
+    variables = progress.state.eval_variables()
+    if job.recipe.bn_recalibration_images:
+        variables = recalibrate_batch_stats(job.bn_statistics_step, variables, job.calibration_images, eval_batch_size, dp)
+    record = {"epoch": progress.epoch + 1, "step": int(progress.state.step), "train_loss": sums["loss"] / sums["seen"],
+              "train_accuracy": sums["correct"] / sums["seen"]}
+    if dataset.validation is not None:
+        record["val_loss"], record["val_accuracy"], _ = evaluate(job.eval_step, variables, dataset.validation, eval_batch_size, dp)
+    record["test_loss"], record["test_accuracy"], probs = evaluate(job.eval_step, variables, dataset.test, eval_batch_size, dp)
+    correct, clean = probs.argmax(1) == dataset.test.labels, ~job.near_copies
+    record["test_accuracy_no_near_copies"] = float(correct[clean].mean()) if clean.any() else None
+    record["seconds"] = time.perf_counter() - t0
+    record["train_images_per_s"] = sums["seen"] / train_seconds
+    return record, variables
+
+
+def _end_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float) -> None:
+    """Evaluate, record the metrics, checkpoint (scored by validation, else test, accuracy), report, plot."""
+    from .plots import plot_curves
+
+    record, variables = _evaluate_epoch(job, progress, t0, train_seconds)
+    progress.history.append(record)
+    if job.dp.is_primary:
+        _append_jsonl(job.metrics_path, record)
+    score = record.get("val_accuracy", record["test_accuracy"])
+    progress.epoch, progress.start, progress.sums = progress.epoch + 1, 0, _no_sums()
+    state = progress.state
+    job.ckpts.save(int(state.step), state, job.meta(progress.epoch, 0, progress.sums), score=score, variables=variables)
+    val = f"  val {record['val_loss']:.4f}/{record['val_accuracy']:.3f}" if "val_loss" in record else ""
+    job.say(f"epoch {record['epoch']:3d}/{job.recipe.epochs}  train {record['train_loss']:.4f}/{record['train_accuracy']:.3f}{val}"
+            f"  test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}"
+            f" (no near-copies {record['test_accuracy_no_near_copies']:.3f})  {record['seconds']:.1f}s", flush=True)
+    if job.dp.is_primary:
+        plot_curves(progress.history, job.run_dir / "curves.png")
+
+
+def _write_results(job: _Job, history) -> None:
+    """Result.csv: one row with the run's settings and its last epoch's results."""
+    recipe, final = job.recipe, history[-1] if history else {}
+    _write_result_csv(job.run_dir / "Result.csv", {
+        "run": job.run_dir.name, "recipe": job.cfg["recipe_name"], "epochs": recipe.epochs, "batch_size": recipe.batch_size,
+        "lr": recipe.lr, "seed": job.seed, "test_loss": final.get("test_loss"), "test_accuracy": final.get("test_accuracy"),
+        "test_accuracy_no_near_copies": final.get("test_accuracy_no_near_copies"), "near_copies": int(job.near_copies.sum()),
         "val_accuracy": final.get("val_accuracy"), "train_seconds": round(sum(h["seconds"] for h in history), 1),
     })
-    print(f"done: test accuracy {final.get('test_accuracy', float('nan')):.4f}; results in {run_dir}")
+    print(f"done: test accuracy {final.get('test_accuracy', float('nan')):.4f}; results in {job.run_dir}")
+
+
+def run(args) -> int:
+    """Set up (or resume) a run, train it epoch by epoch, write Result.csv; a stop request saves and returns early."""
+    job = _setup(args)
+    progress = _start(job)
+    dataset, recipe, dp = job.dataset, job.recipe, job.dp
+    job.say(f"run {job.run_dir}: {dataset.source}, {len(dataset.train.labels)} train / {len(dataset.test.labels)} test images "
+            f"({int(job.near_copies.sum())} test images have a near-copy in train), {job.model.num_classes} classes, "
+            f"recipe {job.cfg['recipe_name']}: {recipe.epochs} epochs x {job.steps_per_epoch} steps of {recipe.batch_size}"
+            f" on {dp.num_devices} device(s) in {dp.process_count} process(es)")
+    with StopRequest() as stop:
+        while progress.epoch < recipe.epochs:
+            t0 = time.perf_counter()
+            if not _train_epoch(job, progress, stop, t0):
+                return 0
+            _end_epoch(job, progress, t0, train_seconds=time.perf_counter() - t0)
+    job.ckpts.close()
+    if dp.is_primary:
+        _write_results(job, progress.history)
     return 0
 
 
