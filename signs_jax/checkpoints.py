@@ -119,6 +119,25 @@ class RunCheckpoints:
         self.manager.close()
 
 
+def _placed(abstract_tree, sharding):
+    """`abstract_tree`'s shapes and dtypes with an explicit sharding: a checkpoint restores onto the devices
+    of this process, whichever devices (or processes) wrote it."""
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract_tree)
+
+
+def abstract_train_state(model, tx, seed: int, ema: bool, sharding):
+    """The shapes of the TrainState that `steps.create_state` builds for `model`, placed on `sharding`,
+    computing nothing: the target `RunCheckpoints.restore_latest` restores a run's state into."""
+    import jax
+
+    from .models import abstract_variables
+    from .steps import create_state
+
+    return _placed(jax.eval_shape(lambda: create_state(abstract_variables(model), tx, seed, ema)), sharding)
+
+
 def restore_variables(run_dir: Path, step: Optional[int] = None) -> Tuple[Any, Dict[str, Any], int]:
     """(model, variables, step) of a run: its best checkpoint by default, else the newest readable one."""
     import jax
@@ -133,8 +152,7 @@ def restore_variables(run_dir: Path, step: Optional[int] = None) -> Tuple[Any, D
     ckpts = RunCheckpoints(run_dir, read_only=True)
     candidates = [step] if step is not None else [s for s in [ckpts.manager.best_step()] if s is not None] + ckpts.steps()
     # Explicit shardings: the checkpoint may come from a run over other devices (or processes).
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_variables(model))
+    abstract = _placed(abstract_variables(model), jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     for candidate in dict.fromkeys(candidates):
         try:
             restored = ckpts.manager.restore(candidate, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))

@@ -327,9 +327,7 @@ def _setup(args) -> _Job:
 
 def _start(job: _Job) -> _Progress:
     """A fresh state (with a fresh metrics.jsonl), or with --resume the newest checkpoint that restores."""
-    import jax
-
-    from .models import abstract_variables
+    from .checkpoints import abstract_train_state
     from .steps import create_state
 
     recipe, dp, metrics_path = job.recipe, job.dp, job.metrics_path
@@ -338,8 +336,7 @@ def _start(job: _Job) -> _Progress:
         if dp.is_primary:
             metrics_path.unlink(missing_ok=True)
         return _Progress(state)
-    abstract = jax.eval_shape(lambda: create_state(abstract_variables(job.model), job.tx, job.seed, bool(recipe.ema_decay)))
-    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dp.replicated), abstract)
+    abstract = abstract_train_state(job.model, job.tx, job.seed, bool(recipe.ema_decay), dp.replicated)
     state, meta, restored_step = job.ckpts.restore_latest(abstract)
     epoch = meta["epoch"]
     history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
