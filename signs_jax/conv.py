@@ -6,6 +6,7 @@ k x k conv concatenates the k*k shifted views of the padded input along channels
 one matmul with the kernel reshaped to (k*k*in, out). The backward pass of that matmul is written
 out by hand (`patches_matmul`): see there why. docs/performance.md has the measurements.
 """
+import functools
 from typing import Any, Sequence, Tuple, Union
 
 import jax
@@ -40,14 +41,62 @@ def im2col(x, kernel_size: Sequence[int], strides: Sequence[int], pads) -> jax.A
     (kh, kw), (sh, sw), ((top, bottom), (left, right)) = kernel_size, strides, pads
     if top or bottom or left or right:
         x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    views = shifted_views(x, kernel_size, strides)
+    return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+
+
+def window_offsets(kernel_size: Sequence[int]):
+    return [(i, j) for i in range(kernel_size[0]) for j in range(kernel_size[1])]
+
+
+def shifted_views(x, kernel_size: Sequence[int], strides: Sequence[int]):
+    """The kh*kw strided views of (N, H, W, C) `x`, one per kernel position, each (N, out_h, out_w, C)."""
+    (kh, kw), (sh, sw) = kernel_size, strides
     n, h, w, c = x.shape
     out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
-    views = [
+    return [
         jax.lax.slice(x, (0, i, j, 0), (n, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, c), (1, sh, sw, 1))
-        for i in range(kh)
-        for j in range(kw)
+        for i, j in window_offsets(kernel_size)
     ]
-    return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+
+
+def unshift_view(view, offset: Tuple[int, int], strides: Sequence[int], shape: Sequence[int]):
+    """Transpose of one of `shifted_views`: `view` placed back at its strided positions in zeros of `shape`."""
+    (i, j), (sh, sw) = offset, strides
+    _, out_h, out_w, _ = view.shape
+    rows = (i, shape[1] - i - (sh * (out_h - 1) + 1), sh - 1)
+    cols = (j, shape[2] - j - (sw * (out_w - 1) + 1), sw - 1)
+    return jax.lax.pad(view, jnp.zeros((), view.dtype), ((0, 0, 0), rows, cols, (0, 0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def max_pool(x, window: Tuple[int, int], strides: Tuple[int, int]):
+    """'VALID' max-pooling of (N, H, W, C) as the maximum of the window's shifted views.
+
+    XLA lowers the gradient of its own reduce-window max as a variadic reduce-window over index
+    tensors (8 % of the float32 train step for the one pooling layer); this backward pass is one
+    elementwise pass instead. Like TensorFlow, the gradient goes to the first maximum of a window.
+    """
+    return functools.reduce(jnp.maximum, shifted_views(x, window, strides))
+
+
+def _max_pool_fwd(x, window, strides):
+    out = max_pool(x, window, strides)
+    return out, (x, out)
+
+
+def _max_pool_bwd(window, strides, residuals, g):
+    x, out = residuals
+    taken = jnp.zeros(out.shape, bool)
+    dx = jnp.zeros(x.shape, g.dtype)
+    for offset, view in zip(window_offsets(window), shifted_views(x, window, strides)):
+        first = (view == out) & ~taken
+        taken = taken | first
+        dx = dx + unshift_view(jnp.where(first, g, 0), offset, strides, x.shape)
+    return (dx,)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 @jax.custom_vjp
@@ -70,17 +119,13 @@ def _patches_matmul_bwd(residuals, g):
     # the dot then reads it transposed for free (measured 1.2x on the whole train step).
     g = jax.lax.optimization_barrier(g.astype(patches.dtype))
     d_patches = jnp.dot(g, kernel.T, preferred_element_type=jnp.float32).astype(patches.dtype)
-    # Contracted over the 4-D arrays as they are: reshaped to 2-D, XLA runs this dot without any copy
-    # (1.12x train step), but its data-parallel partitioning then rounds differently enough for the
-    # 1-vs-4-device training test to drift apart. Unreshaped, XLA copies the dot's left operand into a
-    # transposed layout, so the operand with fewer channels goes left; not for bfloat16, where the
-    # resulting dot lands on an XLA CPU kernel without bfloat16 x bfloat16 -> float32 support.
-    axes = tuple(range(g.ndim - 1))
-    contract = ((axes, axes), ((), ()))
-    if g.shape[-1] < patches.shape[-1] and patches.dtype == jnp.float32:
-        d_kernel = jax.lax.dot_general(g, patches, contract, preferred_element_type=jnp.float32).T
-    else:
-        d_kernel = jax.lax.dot_general(patches, g, contract, preferred_element_type=jnp.float32)
+    # Contracted over the 4-D arrays as they are, XLA copies one operand into a transposed layout
+    # first (52 copies, about 5 % of a float32 train step); flattened to (pixels, channels), the dot
+    # reads both in place.
+    contract = (((0,), (0,)), ((), ()))
+    d_kernel = jax.lax.dot_general(
+        patches.reshape(-1, patches.shape[-1]), g.reshape(-1, g.shape[-1]), contract, preferred_element_type=jnp.float32
+    )
     return d_patches, d_kernel.astype(kernel.dtype)
 
 

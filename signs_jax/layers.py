@@ -19,6 +19,51 @@ XlaConv = functools.partial(nn.Conv, use_bias=True, kernel_init=nn.initializers.
 Dense = functools.partial(nn.Dense, use_bias=True, kernel_init=nn.initializers.glorot_uniform())
 
 
+def _batch_moments(x):
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    return mean, jnp.mean(jnp.square(x - mean), axes)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_normalize(x, scale, bias, epsilon: float):
+    """Training-mode BatchNorm over all axes but the last: `(y, batch mean, biased batch variance)`.
+
+    The backward pass is written out because autodiff of the formula reads and writes the
+    activation-sized arrays in more passes than the two this one needs (one pass of reductions, one
+    elementwise pass); BatchNorm+ReLU was about a quarter of the float32 train step.
+    """
+    mean, var = _batch_moments(x)
+    multiplier = scale * jax.lax.rsqrt(var + epsilon)
+    return x * multiplier + (bias - mean * multiplier), mean, var
+
+
+def _batch_normalize_fwd(x, scale, bias, epsilon):
+    mean, var = _batch_moments(x)
+    inv_std = jax.lax.rsqrt(var + epsilon)
+    multiplier = scale * inv_std
+    return (x * multiplier + (bias - mean * multiplier), mean, var), (x, scale, mean, inv_std)
+
+
+def _batch_normalize_bwd(epsilon, residuals, cotangents):
+    x, scale, mean, inv_std = residuals
+    g, g_mean, g_var = cotangents
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    centred = x - mean
+    d_bias = jnp.sum(g, axes)
+    d_scale = jnp.sum(g * centred, axes) * inv_std
+    multiplier = scale * inv_std
+    # d/dx of x_hat * scale + bias with x_hat's own dependence on the batch mean and variance, plus
+    # the (usually zero) cotangents of the returned mean and variance.
+    dx = multiplier * (g - d_bias / n - centred * (inv_std * d_scale / n))
+    dx = dx + g_mean / n + centred * (2.0 * g_var / n)
+    return dx, d_scale, d_bias
+
+
+batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd)
+
+
 class BatchNorm(nn.Module):
     """Keras `BatchNormalization(axis=-1)`, including how Keras updates its moving statistics.
 
@@ -46,15 +91,14 @@ class BatchNorm(nn.Module):
         if self.use_running_average:
             mean, var = moving_mean.value.astype(stat_dtype), moving_var.value.astype(stat_dtype)
         else:
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x32, axes)
-            var = jnp.mean(jnp.square(x32 - mean), axes)
+            y, mean, var = batch_normalize(x32, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon)
             if not self.is_initializing():
                 n = x.size // features
                 unbiased = var * (n / max(n - 1, 1))
                 m = self.momentum
                 moving_mean.value = m * moving_mean.value + (1.0 - m) * mean
                 moving_var.value = m * moving_var.value + (1.0 - m) * unbiased
+            return y.astype(self.dtype)
 
         multiplier = scale.astype(stat_dtype) * jax.lax.rsqrt(var + self.epsilon)
         y = x32 * multiplier + (bias.astype(stat_dtype) - mean * multiplier)

@@ -15,7 +15,7 @@ import numpy as np
 from flax import linen as nn
 
 from . import config
-from .conv import MatmulConv
+from .conv import MatmulConv, max_pool
 from .layers import BatchNorm, Dense, XlaConv
 
 ModuleDef = Any
@@ -95,7 +95,7 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         x = conv(self.stem_filters, (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), name="conv1")(x)
         x = nn.relu(norm(name="bn_conv1")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = max_pool(x, (3, 3), (2, 2))
         for stage, (blocks, filters) in enumerate(zip(self.stage_sizes, self.stage_filters)):
             for block in range(blocks):
                 name = block_name(stage, block)
