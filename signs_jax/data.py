@@ -165,12 +165,16 @@ def load_image_folders(train_dir, test_dir, val_dir=None, image_size=None) -> Da
         listings["validation"] = list_images(val_dir)
     class_names = tuple(sorted({c for items in listings.values() for _, c in items}, key=_class_sort_key))
     index = {c: i for i, c in enumerate(class_names)}
-    if image_size is None:
-        from PIL import Image
-
-        with Image.open(listings["train"][0][0]) as first:
-            image_size = (first.height, first.width)
     splits, skipped = {}, []
+    if image_size is None:  # the size of the first readable training image, as it is shown (EXIF applied)
+        for path, _ in listings["train"]:
+            try:
+                image_size = decode_image(path, None, exif=True).shape[:2]
+                break
+            except ImageError:
+                continue  # reported below, when the split is read
+        else:
+            raise UserError(f"{listings['train'][0][0].parent}: none of {len(listings['train'])} images could be read")
     for name, items in listings.items():
         images, labels = [], []
         for path, cls in items:

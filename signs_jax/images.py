@@ -12,7 +12,7 @@ at about the same result. `scripts/compare_interpolation.py` measured lanczos cl
 numpy and Pillow are imported inside the functions so that `--help` stays fast.
 """
 from pathlib import Path
-from typing import Iterable, List, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 from .errors import UserError
 
@@ -81,9 +81,10 @@ def load_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPO
     return decode_image(path, size, interpolation, exif, draft).astype(np.float32) / 255.0
 
 
-def decode_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPOLATION, exif: bool = True,
+def decode_image(path, size: Optional[Tuple[int, int]], interpolation: str = DEFAULT_INTERPOLATION, exif: bool = True,
                  draft: bool = True) -> "np.ndarray":  # noqa: F821
-    """`path` as uint8 RGB (H, W, 3) at `size` = (height, width); ImageError (naming the file) if unusable.
+    """`path` as uint8 RGB (H, W, 3) at `size` = (height, width), or as it is (after EXIF rotation) for
+    `size=None`; ImageError (naming the file) if unusable.
 
     The one image decoder of the package: `load_image` (prediction) scales its result to [0, 1];
     training's image folders (`data.load_image_folders`) keep it as uint8. `draft` as in `load_image`.
@@ -100,7 +101,7 @@ def decode_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTER
         raise ImageError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file")
-    target = (size[1], size[0])  # PIL sizes are (width, height)
+    target = None if size is None else (size[1], size[0])  # PIL sizes are (width, height)
     # PIL warns above MAX_IMAGE_PIXELS and raises above twice it; set for this file only, since the
     # limit is a process-wide global that other Pillow users in the process rely on too.
     pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
@@ -112,7 +113,7 @@ def decode_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTER
                 if img.width * img.height > MAX_PIXELS:
                     raise ImageError(f"{path}: {img.width}x{img.height} pixels exceeds the {MAX_PIXELS:,}-pixel "
                                      "limit (decompression bomb?)")
-                if draft and interpolation != "nearest" and img.format == "JPEG":
+                if draft and target and interpolation != "nearest" and img.format == "JPEG":
                     # Square request: both sides stay >= the target even after an EXIF 90-degree turn.
                     side = DRAFT_FACTOR * max(target)
                     img.draft(img.mode, (side, side))
@@ -120,7 +121,7 @@ def decode_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTER
                 if exif:
                     img = ImageOps.exif_transpose(img)
                 img = to_rgb(img)
-                if img.size != target:
+                if target and img.size != target:
                     img = img.resize(target, _resample(interpolation))
                 return np.asarray(img, dtype=np.uint8)
     except ImageError:

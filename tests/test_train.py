@@ -226,3 +226,28 @@ def test_default_recipe_keeps_conv_biases_frozen_and_original_trains_them(refere
     assert np.any(params["fc"]["bias"]) and np.any(params["res2a"]["bn_branch2b"]["bias"])
     assert run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "orig", "--recipe", "original", "--epochs", 1, *TINY) == 0
     assert np.any(final_params(tmp_path / "orig")["params"]["conv1"]["bias"])
+
+
+def test_image_folders_take_the_size_of_the_first_readable_image_as_shown_and_convert_modes(tmp_path):
+    from PIL import Image
+
+    from signs_jax.data import load_image_folders
+
+    a, b, test = tmp_path / "train" / "a", tmp_path / "train" / "b", tmp_path / "test"
+    for folder in (a, b, test / "a", test / "b"):
+        folder.mkdir(parents=True)
+    (a / "00_broken.jpg").write_bytes(b"not a jpeg")  # sorts first: the size must come from the next file
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 80 wide x 72 high, shown rotated: 72 wide x 80 high
+    Image.new("RGB", (80, 72), (200, 10, 10)).save(a / "01_rotated.jpg", exif=exif)
+    Image.new("RGBA", (72, 80), (0, 0, 0, 0)).save(a / "02_transparent.png")
+    Image.fromarray(np.full((80, 72), 65535, np.uint16)).save(b / "16bit.png")
+    for cls in ("a", "b"):
+        Image.new("L", (72, 80), 100).save(test / cls / "grey.png")
+
+    with pytest.warns(UserWarning, match="00_broken.jpg"):
+        dataset = load_image_folders(tmp_path / "train", test)
+    assert dataset.train.images.shape == (3, 80, 72, 3) and dataset.train.images.dtype == np.uint8
+    assert dataset.train.images[1].min() == 255  # transparency on white, not black
+    assert dataset.train.images[2].min() == 255  # 16-bit white stays white (not clipped from 65535)
+    assert list(dataset.train.labels) == [0, 0, 1]
