@@ -60,15 +60,6 @@ def shifted_views(x, kernel_size: Sequence[int], strides: Sequence[int]):
     ]
 
 
-def unshift_view(view, offset: Tuple[int, int], strides: Sequence[int], shape: Sequence[int]):
-    """Transpose of one of `shifted_views`: `view` placed back at its strided positions in zeros of `shape`."""
-    (i, j), (sh, sw) = offset, strides
-    _, out_h, out_w, _ = view.shape
-    rows = (i, shape[1] - i - (sh * (out_h - 1) + 1), sh - 1)
-    cols = (j, shape[2] - j - (sw * (out_w - 1) + 1), sw - 1)
-    return jax.lax.pad(view, jnp.zeros((), view.dtype), ((0, 0, 0), rows, cols, (0, 0, 0)))
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def max_pool(x, window: Tuple[int, int], strides: Tuple[int, int]):
     """'VALID' max-pooling of (N, H, W, C) as the maximum of the window's shifted views.
@@ -87,12 +78,27 @@ def _max_pool_fwd(x, window, strides):
 
 def _max_pool_bwd(window, strides, residuals, g):
     x, out = residuals
+    n, h, w, c = x.shape
+    (sh, sw), (out_h, out_w) = strides, out.shape[1:3]
+    # Window offset (i, j) sends output pixel (p, q) to input pixel (s*p + i, s*q + j), i.e. to
+    # stride block (p + i // s, q + j // s) at phase (i % s, j % s). Summing per phase needs only
+    # plain shifts; the phases then interleave by a reshape. (Nine interior-padded arrays summed in
+    # one fusion cost XLA far more: index arithmetic per element for each of them.)
+    blocks_h, blocks_w = -(-h // sh) + (window[0] - 1) // sh, -(-w // sw) + (window[1] - 1) // sw
+    phases = {}
     taken = jnp.zeros(out.shape, bool)
-    dx = jnp.zeros(x.shape, g.dtype)
-    for offset, view in zip(window_offsets(window), shifted_views(x, window, strides)):
+    for (i, j), view in zip(window_offsets(window), shifted_views(x, window, strides)):
         first = (view == out) & ~taken
         taken = taken | first
-        dx = dx + unshift_view(jnp.where(first, g, 0), offset, strides, x.shape)
+        rows, cols = (i // sh, blocks_h - out_h - i // sh), (j // sw, blocks_w - out_w - j // sw)
+        shifted = jnp.pad(jnp.where(first, g, jnp.zeros((), g.dtype)), ((0, 0), rows, cols, (0, 0)))
+        phase = (i % sh, j % sw)
+        phases[phase] = shifted if phase not in phases else phases[phase] + shifted
+    zeros = jnp.zeros((n, blocks_h, blocks_w, c), g.dtype)
+    grid = jnp.stack(
+        [jnp.stack([phases.get((pi, pj), zeros) for pj in range(sw)], axis=3) for pi in range(sh)], axis=2
+    )  # (n, blocks_h, sh, blocks_w, sw, c)
+    dx = grid.reshape(n, blocks_h * sh, blocks_w * sw, c)[:, :h, :w]
     return (dx,)
 
 

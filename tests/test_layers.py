@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import linen as nn
 
 from signs_jax.conv import max_pool
@@ -34,7 +35,17 @@ def test_batch_normalize_values_and_gradients_equal_autodiff():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
 
 
-def test_max_pool_equals_flax_max_pool_including_ties():
+@pytest.mark.parametrize("window, stride, size", [(3, 2, (32, 31)), (2, 2, (9, 8)), (3, 1, (7, 6)), (3, 3, (10, 11))])
+def test_max_pool_equals_flax_max_pool(window, stride, size):
+    x = jax.random.normal(jax.random.key(0), (2, *size, 3))
+    pool = lambda fn: jax.jit(jax.value_and_grad(lambda x: jnp.sum(jnp.sin(fn(x)))))  # noqa: E731
+    value, grad = pool(lambda x: max_pool(x, (window, window), (stride, stride)))(x)
+    ref_value, ref_grad = pool(lambda x: nn.max_pool(x, (window, window), (stride, stride), "VALID"))(x)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    np.testing.assert_allclose(grad, ref_grad, atol=1e-6)
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_of_a_tied_window():
     rng = np.random.default_rng(1)
     x = jnp.maximum(jnp.asarray(rng.normal(size=(2, 32, 31, 5)), jnp.float32), 0.0)  # zeros tie, as after ReLU
     x = x.at[0, 0:3, 0:3, 0].set(1.0)  # a window whose maximum appears nine times
