@@ -107,9 +107,10 @@ max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 @jax.custom_vjp
 def patches_matmul(patches, kernel):
-    """(..., K) @ (K, out) with float32 accumulation (XLA's CPU dot runs bfloat16 inputs at twice the
-    float32 rate this way)."""
-    return jnp.dot(patches, kernel, preferred_element_type=jnp.float32)
+    """(..., K) @ (K, out) in the patches' dtype with float32 accumulation (XLA's CPU dot runs
+    bfloat16 inputs at twice the float32 rate this way). The kernel keeps its own (parameter) dtype
+    outside: its gradient comes back in float32, never rounded through bfloat16."""
+    return jnp.dot(patches, kernel.astype(patches.dtype), preferred_element_type=jnp.float32)
 
 
 def _patches_matmul_fwd(patches, kernel):
@@ -124,7 +125,7 @@ def _patches_matmul_bwd(residuals, g):
     # matmuls (16 % of a float32 train step). The barrier keeps `g` a plain row-major array;
     # the dot then reads it transposed for free (measured 1.2x on the whole train step).
     g = jax.lax.optimization_barrier(g.astype(patches.dtype))
-    d_patches = jnp.dot(g, kernel.T, preferred_element_type=jnp.float32).astype(patches.dtype)
+    d_patches = jnp.dot(g, kernel.astype(patches.dtype).T, preferred_element_type=jnp.float32).astype(patches.dtype)
     # Contracted over the 4-D arrays as they are, XLA copies one operand into a transposed layout
     # first (52 copies, about 5 % of a float32 train step); flattened to (pixels, channels), the dot
     # reads both in place.
@@ -162,7 +163,7 @@ class MatmulConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features, self.features), self.param_dtype)
         pads = resolve_padding(self.padding, x.shape[1:3], (kh, kw), strides)
         patches = im2col(x.astype(self.dtype), (kh, kw), strides, pads)
-        y = patches_matmul(patches, kernel.reshape(kh * kw * in_features, self.features).astype(self.dtype))
+        y = patches_matmul(patches, kernel.reshape(kh * kw * in_features, self.features))
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return y.astype(self.dtype)

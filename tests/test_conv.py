@@ -103,3 +103,17 @@ def test_xla_conv_path_also_matches_keras(keras_loaded, keras_images, keras_expe
     xla_model = model.clone(conv=XlaConv)
     probs = jax.jit(lambda v, x: jax.nn.softmax(xla_model.apply(v, x)))(variables, keras_images)
     np.testing.assert_allclose(np.asarray(probs), keras_expected["probabilities"], atol=1e-5, rtol=0)
+
+
+def test_bfloat16_kernel_gradient_is_not_rounded_to_bfloat16():
+    rng = np.random.default_rng(0)
+    # inputs and kernel exactly representable in bfloat16, so float32 arithmetic on them is the reference
+    bf16_values = lambda shape: jnp.asarray(rng.normal(size=shape), jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+    x, weights = bf16_values((2, 6, 6, 4)), bf16_values((2, 6, 6, 5))
+    conv = MatmulConv(5, (3, 3), dtype=jnp.bfloat16)
+    variables = {"params": {"kernel": bf16_values((3, 3, 4, 5)), "bias": jnp.zeros(5)}}
+    loss = lambda module: lambda v: jnp.sum(module.apply(v, x).astype(jnp.float32) * weights)  # noqa: E731
+    grad = jax.jit(jax.grad(loss(conv)))(variables)["params"]["kernel"]
+    ref = jax.grad(loss(XlaConv(5, (3, 3), precision="highest")))(variables)["params"]["kernel"]
+    assert grad.dtype == jnp.float32
+    np.testing.assert_allclose(grad, ref, rtol=1e-5, atol=1e-5)  # rounded to bfloat16 it would be ~4e-3 off
