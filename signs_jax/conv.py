@@ -129,10 +129,13 @@ def _patches_matmul_bwd(residuals, g):
     # Contracted over the 4-D arrays as they are, XLA copies one operand into a transposed layout
     # first (52 copies, about 5 % of a float32 train step); flattened to (pixels, channels), the dot
     # reads both in place.
-    contract = (((0,), (0,)), ((), ()))
-    d_kernel = jax.lax.dot_general(
-        patches.reshape(-1, patches.shape[-1]), g.reshape(-1, g.shape[-1]), contract, preferred_element_type=jnp.float32
-    )
+    patches, g = patches.reshape(-1, patches.shape[-1]), g.reshape(-1, g.shape[-1])
+    if patches.dtype == jnp.float32:
+        d_kernel = jax.lax.dot_general(patches, g, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    else:
+        # XLA's CPU dot has no bfloat16 kernel for this contraction and would convert both operands
+        # to float32; a bfloat16 transposed copy of the patches costs less.
+        d_kernel = jnp.dot(jax.lax.optimization_barrier(patches.T), g, preferred_element_type=jnp.float32)
     return d_patches, d_kernel.astype(kernel.dtype)
 
 
