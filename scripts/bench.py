@@ -122,11 +122,11 @@ def measure(runners: dict, repeats: int, warmup: int = 2) -> dict:
 
 def main(argv=None):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from signs_jax.models import CONV_IMPLEMENTATIONS
+    from signs_jax.models import CONV_IMPLEMENTATIONS, DEFAULT_CONV
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--conv", choices=sorted(CONV_IMPLEMENTATIONS), default=None,
-                   help="convolution implementation (default: ResNet50's default)")
+    p.add_argument("--conv", choices=sorted(CONV_IMPLEMENTATIONS), default=DEFAULT_CONV,
+                   help="convolution implementation (default: %(default)s, ResNet50's)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay float32)")
     p.add_argument("--width", type=float, default=1.0, help="filter-count multiplier (1.0 = the full ResNet50)")
     p.add_argument("--batch-size", type=int, default=32, help="train batch (default: %(default)s)")
@@ -137,12 +137,6 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.repeats < 5:
         p.error("--repeats must be at least 5")
-    if args.conv is None:
-        import inspect
-
-        import signs_jax
-
-        args.conv = inspect.signature(signs_jax.ResNet50).parameters["conv"].default
 
     result = {"conv": args.conv, "dtype": args.dtype, "width": args.width, "batch_size": args.batch_size,
               "infer_batch_size": args.infer_batch_size, "repeats": args.repeats}
