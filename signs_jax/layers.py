@@ -33,9 +33,7 @@ def batch_normalize(x, scale, bias, epsilon: float):
     activation-sized arrays in more passes than the two this one needs (one pass of reductions, one
     elementwise pass); BatchNorm+ReLU was about a quarter of the float32 train step.
     """
-    mean, var = _batch_moments(x)
-    multiplier = scale * jax.lax.rsqrt(var + epsilon)
-    return x * multiplier + (bias - mean * multiplier), mean, var
+    return _batch_normalize_fwd(x, scale, bias, epsilon)[0]
 
 
 def _batch_normalize_fwd(x, scale, bias, epsilon):
