@@ -56,7 +56,7 @@ def jax_runners(args, out: dict) -> dict:
     runners = {}
 
     holder = {"state": create_state(signs_jax.init_variables(model, jax.random.key(0)), tx, 0)}
-    step = make_train_step(model, tx, recipe)  # jitted, state donated, BatchNorm in train mode
+    step = make_train_step(model, tx, recipe)  # jitted, BatchNorm in train mode
     compiled, out["train_compile_s"], out["train_compile_cpu_s"] = timed(
         lambda: step.lower(holder["state"], images, labels).compile()
     )

@@ -94,7 +94,7 @@ def _cross_entropy(logits, labels, num_classes: int, smoothing: float):
 
 
 def make_train_step(model, tx: optax.GradientTransformation, recipe: Recipe, dp=None) -> Callable:
-    """`(state, images uint8, labels) -> (state, metrics)`, jit-compiled with the state donated.
+    """`(state, images uint8, labels) -> (state, metrics)`, jit-compiled.
 
     With a `DataParallel` the batch arrives sharded over its mesh and everything else is replicated.
     """
@@ -137,10 +137,13 @@ def make_train_step(model, tx: optax.GradientTransformation, recipe: Recipe, dp=
         )
         return new_state, metrics
 
+    # The state is not donated: with donation XLA copies every parameter each step (the in-place
+    # update of a kernel may not overwrite it before the backward pass has read it), 107 copies that
+    # made the step 1.04x slower than allocating a new state (measured in one process, interleaved).
     if dp is None:
-        return jax.jit(train_step, donate_argnums=0)
+        return jax.jit(train_step)
     r, b = dp.replicated, dp.batch
-    return jax.jit(train_step, donate_argnums=0, in_shardings=(r, b, b), out_shardings=(r, r))
+    return jax.jit(train_step, in_shardings=(r, b, b), out_shardings=(r, r))
 
 
 def make_eval_step(model, dp=None) -> Callable:
