@@ -31,7 +31,7 @@ def batch_normalize(x, scale, bias, epsilon: float):
 
     The backward pass is written out because autodiff of the formula reads and writes the
     activation-sized arrays in more passes than the two this one needs (one pass of reductions, one
-    elementwise pass). With the 2-D kernel-gradient dot of `conv.patches_matmul`, measured 1.07x on
+    elementwise pass). With the 2-D kernel-gradient dot of `conv.conv_as_matmul`, measured 1.07x on
     the float32 train step (docs/performance.md).
     """
     return _batch_normalize_fwd(x, scale, bias, epsilon)[0]

@@ -105,15 +105,22 @@ def test_xla_conv_path_also_matches_keras(keras_loaded, keras_images, keras_expe
     np.testing.assert_allclose(np.asarray(probs), keras_expected["probabilities"], atol=1e-5, rtol=0)
 
 
-def test_bfloat16_kernel_gradient_is_not_rounded_to_bfloat16():
+@pytest.mark.parametrize("kernel, stride, padding, size", CASES)
+def test_bfloat16_gradients_on_bfloat16_values_equal_float32_lax_conv(kernel, stride, padding, size):
+    """On inputs, kernel and output gradient exactly representable in bfloat16, the bfloat16 path's only
+    roundings are float32 sums and one final rounding of the input gradient to bfloat16."""
     rng = np.random.default_rng(0)
-    # inputs and kernel exactly representable in bfloat16, so float32 arithmetic on them is the reference
     bf16_values = lambda shape: jnp.asarray(rng.normal(size=shape), jnp.bfloat16).astype(jnp.float32)  # noqa: E731
-    x, weights = bf16_values((2, 6, 6, 4)), bf16_values((2, 6, 6, 5))
-    conv = MatmulConv(5, (3, 3), dtype=jnp.bfloat16)
-    variables = {"params": {"kernel": bf16_values((3, 3, 4, 5)), "bias": jnp.zeros(5)}}
-    loss = lambda module: lambda v: jnp.sum(module.apply(v, x).astype(jnp.float32) * weights)  # noqa: E731
-    grad = jax.jit(jax.grad(loss(conv)))(variables)["params"]["kernel"]
-    ref = jax.grad(loss(XlaConv(5, (3, 3), precision="highest")))(variables)["params"]["kernel"]
-    assert grad.dtype == jnp.float32
-    np.testing.assert_allclose(grad, ref, rtol=1e-5, atol=1e-5)  # rounded to bfloat16 it would be ~4e-3 off
+    x = bf16_values((2, size, size + 1, 4))
+    conv = MatmulConv(5, (kernel, kernel), strides=(stride, stride), padding=padding, dtype=jnp.bfloat16)
+    ref = XlaConv(5, (kernel, kernel), strides=(stride, stride), padding=padding, precision="highest")
+    variables = {"params": {"kernel": bf16_values((kernel, kernel, 4, 5)), "bias": jnp.zeros(5)}}
+    weights = bf16_values(ref.apply(variables, x).shape)
+    loss = lambda module: lambda v, x: jnp.sum(module.apply(v, x).astype(jnp.float32) * weights)  # noqa: E731
+    grads = jax.jit(jax.grad(loss(conv), argnums=(0, 1)))(variables, x)
+    (ref_vars, ref_x) = jax.grad(loss(ref), argnums=(0, 1))(variables, x)
+    d_kernel = grads[0]["params"]["kernel"]
+    assert d_kernel.dtype == jnp.float32
+    # rounded to bfloat16 (as an earlier version did) the kernel gradient would be ~4e-3 off
+    np.testing.assert_allclose(d_kernel, ref_vars["params"]["kernel"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads[1], ref_x, rtol=2.0**-8, atol=1e-6)
