@@ -67,6 +67,8 @@ def max_pool(x, window: Tuple[int, int], strides: Tuple[int, int]):
     XLA lowers the gradient of its own reduce-window max as a variadic reduce-window over index
     tensors; this backward pass masks each view's first maximum and sums plain shifts per stride
     phase (1.02x on the train step). Like TensorFlow, the gradient goes to the first maximum of a window.
+    The backward pass computes in float32 whatever `x`'s dtype: XLA's CPU loops over bfloat16 pads
+    and sums ran 4x slower than over float32 here (1.06x on the bfloat16 train step).
     """
     return functools.reduce(jnp.maximum, shifted_views(x, window, strides))
 
@@ -78,6 +80,8 @@ def _max_pool_fwd(x, window, strides):
 
 def _max_pool_bwd(window, strides, residuals, g):
     x, out = residuals
+    dtype, compute = x.dtype, jnp.promote_types(jnp.float32, x.dtype)
+    x, out, g = x.astype(compute), out.astype(compute), g.astype(compute)
     n, h, w, c = x.shape
     (sh, sw), (out_h, out_w) = strides, out.shape[1:3]
     # Window offset (i, j) sends output pixel (p, q) to input pixel (s*p + i, s*q + j), i.e. to
@@ -99,7 +103,7 @@ def _max_pool_bwd(window, strides, residuals, g):
         [jnp.stack([phases.get((pi, pj), zeros) for pj in range(sw)], axis=3) for pi in range(sh)], axis=2
     )  # (n, blocks_h, sh, blocks_w, sw, c)
     dx = grid.reshape(n, blocks_h * sh, blocks_w * sw, c)[:, :h, :w]
-    return (dx,)
+    return (dx.astype(dtype),)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
