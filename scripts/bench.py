@@ -9,6 +9,9 @@ round-robin, one call each per round, and reported as the median over --repeats 
 may be shared: interleaving keeps a burst of outside load from landing on one side only, so the
 ratios are the numbers to trust. Compile times are given as wall and as CPU seconds (the XLA
 compiler is mostly single-threaded, so its CPU time is what it takes on an idle machine).
+Like the command-line tools, the run first sets glibc's allocator to reuse freed memory
+(`signs_jax.allocator`; tf-keras shares the process and the setting); SIGNS_JAX_MALLOC=default
+measures with glibc's defaults.
 """
 import argparse
 import json
@@ -138,8 +141,12 @@ def main(argv=None):
     if args.repeats < 5:
         p.error("--repeats must be at least 5")
 
+    from signs_jax.allocator import reuse_freed_memory
+
+    # as the command-line tools do; tf-keras, in the same process, runs with the same allocator
+    malloc = "reuse_freed_memory" if reuse_freed_memory() else "default"
     result = {"conv": args.conv, "dtype": args.dtype, "width": args.width, "batch_size": args.batch_size,
-              "infer_batch_size": args.infer_batch_size, "repeats": args.repeats}
+              "infer_batch_size": args.infer_batch_size, "repeats": args.repeats, "malloc": malloc}
     runners = jax_runners(args, result)
     if args.compare == "keras":
         runners.update(keras_runners(args, result))

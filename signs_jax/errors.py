@@ -25,6 +25,13 @@ def cli_main(main):
 
 
 def run_cli(build_parser, run, argv=None) -> int:
-    """Parse `argv` with `build_parser()` and call `run(args)` with `cli_main`'s error handling."""
+    """Parse `argv` with `build_parser()` and call `run(args)` with `cli_main`'s error handling.
+
+    Every command-line tool runs JAX steps, so this is where the process's allocator is set up
+    (`allocator.reuse_freed_memory`), before JAX starts its threads.
+    """
+    from .allocator import reuse_freed_memory
+
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()
     return cli_main(run)(args)
