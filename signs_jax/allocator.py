@@ -1,11 +1,12 @@
 """Keep freed memory in the process instead of handing it back to the kernel (glibc only).
 
 A compiled ResNet50 step allocates its ~400 MB of temporaries afresh on every call. With glibc's
-defaults the large ones come from fresh `mmap`s (and the worker threads' arenas hand their pages
-back), so every step takes ~100,000 page faults in which the kernel zeroes memory: 0.2 s of CPU
-time per float32 train step on a 2-core machine. One arena, no `mmap` and no trimming make glibc
-reuse the same pages: ~7,000 faults per step, 1.06-1.10x on the float32 train step and 1.05x on
-inference (docs/performance.md). The cost is that the process keeps its peak memory until it exits.
+defaults the large ones come from fresh `mmap`s and up to 8 arenas per core hand pages back, so a
+float32 train step takes ~100,000 page faults in which the kernel zeroes memory (0.2 s of CPU time
+on a 2-core machine). No `mmap`, no trimming and one arena per core make glibc reuse the same
+pages: 1.1-1.2x on the float32 train step and on inference (docs/performance.md). One arena in all
+removes a few more faults but makes XLA's compiler threads queue for it (train-step compile 1.3x
+slower). The cost is that the process keeps its peak memory until it exits.
 
 The command-line tools call `reuse_freed_memory()` before JAX starts its threads; set
 SIGNS_JAX_MALLOC=default to keep glibc's defaults.
@@ -28,5 +29,6 @@ def reuse_freed_memory() -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return False
-    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
+    cores = len(os.sched_getaffinity(0))
+    settings = ((M_ARENA_MAX, cores), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
     return all(libc.mallopt(option, value) == 1 for option, value in settings)
