@@ -167,7 +167,7 @@ def _conv_as_matmul_bwd(kernel_size, strides, pads, residuals, g):
     d_patches = jnp.dot(g, kernel_2d.T, preferred_element_type=jnp.float32)
     # col2im (the transpose of im2col) sums up to kh*kw patch entries per pixel: in float32.
     _, col2im = jax.vjp(lambda x32: im2col(x32, kernel_size, strides, pads), x.astype(jnp.float32))
-    d_x = col2im(d_patches.astype(jnp.promote_types(jnp.float32, x.dtype)))[0].astype(x.dtype)
+    d_x = col2im(d_patches)[0].astype(x.dtype)
     # Flattened to (pixels, channels), the dot reads both operands in place; contracted over the 4-D
     # arrays, XLA copied one into a transposed layout first (52 copies, about 5 % of a float32 step).
     g = g.reshape(-1, g.shape[-1])
