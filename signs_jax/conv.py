@@ -183,6 +183,59 @@ def _conv_as_matmul_bwd(kernel_size, strides, pads, residuals, g):
 conv_as_matmul.defvjp(_conv_as_matmul_fwd, _conv_as_matmul_bwd)
 
 
+# Inference only: skip the kernel taps that fall on zero padding where at least this fraction of a
+# conv's taps does (the 3x3 convs at 4x4 and 2x2 pixels: 31 % and 56 %). Measured 1.04x inference in
+# float32 and bfloat16; in training the gradients' extra pads ate the saved flops (0.96-0.99x).
+SKIP_PADDING_MIN_FRACTION = 0.25
+
+
+def tap_runs(size: int, kernel: int, stride: int, pads: Tuple[int, int]):
+    """Runs of consecutive output positions that see the same in-bounds kernel taps along one axis:
+    [(first output, last output + 1, first tap, last tap + 1)]."""
+    runs = []
+    for o in range((size + sum(pads) - kernel) // stride + 1):
+        taps = [t for t in range(kernel) if 0 <= o * stride + t - pads[0] < size]
+        if runs and runs[-1][2:] == [taps[0], taps[-1] + 1]:
+            runs[-1][1] = o + 1
+        else:
+            runs.append([o, o + 1, taps[0], taps[-1] + 1])
+    return [tuple(run) for run in runs]
+
+
+def padding_fraction(rows, cols, kernel_size) -> float:
+    """The fraction of a conv's (output pixel, tap) pairs whose tap falls on padding."""
+    used = sum((r1 - r0) * (i1 - i0) for r0, r1, i0, i1 in rows) * sum((c1 - c0) * (j1 - j0) for c0, c1, j0, j1 in cols)
+    total = rows[-1][1] * cols[-1][1] * kernel_size[0] * kernel_size[1]
+    return 1.0 - used / total
+
+
+def conv_skipping_padding(x, kernel, strides, pads, rows, cols):
+    """The conv as one patches matmul per block of output pixels that see the same in-bounds taps
+    (corners, edges, interior), each with only those taps: no multiplications by padding."""
+    (sh, sw), ((top, _), (left, _)) = strides, pads
+
+    def patches(x, r0, r1, i0, i1, c0, c1, j0, j1):
+        n, c = x.shape[0], x.shape[-1]
+        views = []
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                a, b = r0 * sh + i - top, c0 * sw + j - left
+                limit = (n, a + sh * (r1 - r0 - 1) + 1, b + sw * (c1 - c0 - 1) + 1, c)
+                views.append(jax.lax.slice(x, (0, a, b, 0), limit, (1, sh, sw, 1)))
+        return jnp.concatenate(views, axis=-1) if len(views) > 1 else views[0]
+
+    out_rows = []
+    for row in rows:
+        pieces = []
+        for col in cols:
+            (i0, i1), (j0, j1) = row[2:], col[2:]
+            taps = kernel[i0:i1, j0:j1].reshape(-1, kernel.shape[-1]).astype(x.dtype)
+            block = move_bits(patches, x, *row, *col)
+            pieces.append(jnp.dot(block, taps, preferred_element_type=jnp.float32))
+        out_rows.append(jnp.concatenate(pieces, axis=2) if len(pieces) > 1 else pieces[0])
+    return jnp.concatenate(out_rows, axis=1) if len(out_rows) > 1 else out_rows[0]
+
+
 class MatmulConv(nn.Module):
     """`flax.linen.Conv` (Keras init: glorot_uniform kernel, zero bias) computed as im2col + one matmul.
 
@@ -198,6 +251,7 @@ class MatmulConv(nn.Module):
     param_dtype: Any = jnp.float32
     kernel_init: Any = nn.initializers.glorot_uniform()
     bias_init: Any = nn.initializers.zeros
+    skip_padding: bool = False  # inference: see SKIP_PADDING_MIN_FRACTION
 
     @nn.compact
     def __call__(self, x):
@@ -206,7 +260,13 @@ class MatmulConv(nn.Module):
         in_features = x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features, self.features), self.param_dtype)
         pads = tuple(map(tuple, resolve_padding(self.padding, x.shape[1:3], (kh, kw), strides)))
-        y = conv_as_matmul(x.astype(self.dtype), kernel, (kh, kw), strides, pads)
+        x = x.astype(self.dtype)
+        rows = tap_runs(x.shape[1], kh, strides[0], pads[0]) if self.skip_padding else None
+        cols = tap_runs(x.shape[2], kw, strides[1], pads[1]) if self.skip_padding else None
+        if self.skip_padding and padding_fraction(rows, cols, (kh, kw)) >= SKIP_PADDING_MIN_FRACTION:
+            y = conv_skipping_padding(x, kernel, strides, pads, rows, cols)
+        else:
+            y = conv_as_matmul(x, kernel, (kh, kw), strides, pads)
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return y.astype(self.dtype)

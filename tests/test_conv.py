@@ -1,4 +1,5 @@
 """Every convolution implementation computes what lax.conv computes, values and gradients."""
+import functools
 import inspect
 
 import jax
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 import signs_jax
+from signs_jax import conv as conv_module
 from signs_jax.conv import MatmulConv, same_padding
 from signs_jax.layers import XlaConv
 from signs_jax.models import CONV_IMPLEMENTATIONS
@@ -66,6 +68,22 @@ def test_values_and_gradients_equal_lax_conv(name, kernel, stride, padding, size
 @pytest.mark.parametrize("name", FAST)
 def test_random_shapes_equal_lax_conv(name, kernel, stride, padding, size, c_in, c_out):
     assert_same_as_lax_conv(CONV_IMPLEMENTATIONS[name], kernel, stride, padding, size, c_in, c_out)
+
+
+@pytest.mark.parametrize("kernel, stride, padding, size", CASES + [(3, 1, "SAME", 2), (3, 1, "SAME", 4)])
+def test_inference_conv_that_skips_padding_equals_lax_conv(monkeypatch, kernel, stride, padding, size):
+    monkeypatch.setattr(conv_module, "SKIP_PADDING_MIN_FRACTION", 0.0)  # take that path wherever there is padding
+    assert_same_as_lax_conv(functools.partial(MatmulConv, skip_padding=True), kernel, stride, padding, size)
+
+
+def test_the_model_skips_padding_in_inference_only():
+    model = signs_jax.ResNet50(width=0.125)
+    x = jnp.zeros((1, 64, 64, 3))
+    variables = signs_jax.init_variables(model, jax.random.key(0))
+    dots = lambda train: str(jax.make_jaxpr(  # noqa: E731
+        lambda v: model.apply(v, x, train=train, mutable=["batch_stats"] if train else False))(variables)).count("dot_general")
+    # stage 4's and 5's 3x3 convs (4x4 and 2x2 pixels) become 9 and 4 matmuls each in inference
+    assert dots(train=False) == dots(train=True) + 6 * 8 + 3 * 3
 
 
 def test_same_padding_is_tensorflows():
