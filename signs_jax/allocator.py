@@ -7,7 +7,8 @@ memory (0.2 s of CPU time on a 2-core machine). No `mmap`, no trimming, a 64 MB 
 keeps empty thread heaps mapped) and one arena per core make glibc reuse the same pages: faults
 per step ~10-20k, train step and inference 1.1-1.2x, train epochs 1.13x (docs/performance.md). One
 arena in all removes a few more faults but makes XLA's compiler threads queue for it (compile 1.3x
-slower). The cost: the process keeps its peak memory until it exits.
+slower). The cost: the process keeps its peak memory until it exits. Open: under this setting the
+bfloat16 train step is bimodal from one process to the next (82 or 114 img/s, against 96 without).
 
 The command-line tools call `reuse_freed_memory()` before JAX starts its threads; set
 SIGNS_JAX_MALLOC=default to keep glibc's defaults.

@@ -202,36 +202,31 @@ def tap_runs(size: int, kernel: int, stride: int, pads: Tuple[int, int]):
     return [tuple(run) for run in runs]
 
 
-def padding_fraction(rows, cols, kernel_size) -> float:
-    """The fraction of a conv's (output pixel, tap) pairs whose tap falls on padding."""
-    used = sum((r1 - r0) * (i1 - i0) for r0, r1, i0, i1 in rows) * sum((c1 - c0) * (j1 - j0) for c0, c1, j0, j1 in cols)
-    total = rows[-1][1] * cols[-1][1] * kernel_size[0] * kernel_size[1]
+def padding_fraction(spatial: Sequence[int], kernel_size: Sequence[int], strides: Sequence[int], pads) -> float:
+    """The fraction of a conv's (output pixel, kernel tap) pairs whose tap falls on padding."""
+    used, total = 1, 1
+    for size, kernel, stride, pad in zip(spatial, kernel_size, strides, pads):
+        runs = tap_runs(size, kernel, stride, pad)
+        used *= sum((stop - start) * (last_tap - first_tap) for start, stop, first_tap, last_tap in runs)
+        total *= runs[-1][1] * kernel
     return 1.0 - used / total
 
 
-def conv_skipping_padding(x, kernel, strides, pads, rows, cols):
-    """The conv as one patches matmul per block of output pixels that see the same in-bounds taps
-    (corners, edges, interior), each with only those taps: no multiplications by padding."""
+def conv_skipping_padding(x, kernel, strides, pads):
+    """The conv as one matmul per block of output pixels that see the same in-bounds taps (corners,
+    edges, interior), each over only those taps: no multiplications by padding. A block's patches
+    are the unpadded im2col of the input rows and columns its taps reach."""
     (sh, sw), ((top, _), (left, _)) = strides, pads
-
-    def patches(x, r0, r1, i0, i1, c0, c1, j0, j1):
-        n, c = x.shape[0], x.shape[-1]
-        views = []
-        for i in range(i0, i1):
-            for j in range(j0, j1):
-                a, b = r0 * sh + i - top, c0 * sw + j - left
-                limit = (n, a + sh * (r1 - r0 - 1) + 1, b + sw * (c1 - c0 - 1) + 1, c)
-                views.append(jax.lax.slice(x, (0, a, b, 0), limit, (1, sh, sw, 1)))
-        return jnp.concatenate(views, axis=-1) if len(views) > 1 else views[0]
-
+    n, h, w, c = x.shape
     out_rows = []
-    for row in rows:
+    for r0, r1, i0, i1 in tap_runs(h, kernel.shape[0], sh, pads[0]):
         pieces = []
-        for col in cols:
-            (i0, i1), (j0, j1) = row[2:], col[2:]
+        for c0, c1, j0, j1 in tap_runs(w, kernel.shape[1], sw, pads[1]):
+            a, b = r0 * sh + i0 - top, c0 * sw + j0 - left
+            reach = jax.lax.slice(x, (0, a, b, 0), (n, a + sh * (r1 - r0 - 1) + i1 - i0, b + sw * (c1 - c0 - 1) + j1 - j0, c))
+            patches = move_bits(im2col, reach, (i1 - i0, j1 - j0), strides, ((0, 0), (0, 0)))
             taps = kernel[i0:i1, j0:j1].reshape(-1, kernel.shape[-1]).astype(x.dtype)
-            block = move_bits(patches, x, *row, *col)
-            pieces.append(jnp.dot(block, taps, preferred_element_type=jnp.float32))
+            pieces.append(jnp.dot(patches, taps, preferred_element_type=jnp.float32))
         out_rows.append(jnp.concatenate(pieces, axis=2) if len(pieces) > 1 else pieces[0])
     return jnp.concatenate(out_rows, axis=1) if len(out_rows) > 1 else out_rows[0]
 
@@ -239,7 +234,9 @@ def conv_skipping_padding(x, kernel, strides, pads, rows, cols):
 class MatmulConv(nn.Module):
     """`flax.linen.Conv` (Keras init: glorot_uniform kernel, zero bias) computed as im2col + one matmul.
 
-    Computes in `dtype` (the matmul accumulates in float32); params are `param_dtype`.
+    Computes in `dtype` (the matmul accumulates in float32); params are `param_dtype`. With
+    `skip_padding` (what `ResNet` sets for inference) a conv whose taps fall on padding often
+    enough computes as `conv_skipping_padding`.
     """
 
     features: int
@@ -261,10 +258,8 @@ class MatmulConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features, self.features), self.param_dtype)
         pads = tuple(map(tuple, resolve_padding(self.padding, x.shape[1:3], (kh, kw), strides)))
         x = x.astype(self.dtype)
-        rows = tap_runs(x.shape[1], kh, strides[0], pads[0]) if self.skip_padding else None
-        cols = tap_runs(x.shape[2], kw, strides[1], pads[1]) if self.skip_padding else None
-        if self.skip_padding and padding_fraction(rows, cols, (kh, kw)) >= SKIP_PADDING_MIN_FRACTION:
-            y = conv_skipping_padding(x, kernel, strides, pads, rows, cols)
+        if self.skip_padding and padding_fraction(x.shape[1:3], (kh, kw), strides, pads) >= SKIP_PADDING_MIN_FRACTION:
+            y = conv_skipping_padding(x, kernel, strides, pads)
         else:
             y = conv_as_matmul(x, kernel, (kh, kw), strides, pads)
         if self.use_bias:
