@@ -90,8 +90,8 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=jnp.float32)
-        if not train and "skip_padding" in getattr(self.conv, "__dataclass_fields__", {}):
-            conv = functools.partial(conv, skip_padding=True)  # inference only: see conv.SKIP_PADDING_MIN_FRACTION
+        if not train and "inference" in getattr(self.conv, "__dataclass_fields__", {}):
+            conv = functools.partial(conv, inference=True)  # inference-only conv paths: see conv.MatmulConv
         norm = functools.partial(self.norm, use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype)
 
         x = jnp.asarray(x, self.dtype)

@@ -73,17 +73,42 @@ def test_random_shapes_equal_lax_conv(name, kernel, stride, padding, size, c_in,
 @pytest.mark.parametrize("kernel, stride, padding, size", CASES + [(3, 1, "SAME", 2), (3, 1, "SAME", 4)])
 def test_inference_conv_that_skips_padding_equals_lax_conv(monkeypatch, kernel, stride, padding, size):
     monkeypatch.setattr(conv_module, "SKIP_PADDING_MIN_FRACTION", 0.0)  # take that path wherever there is padding
-    assert_same_as_lax_conv(functools.partial(MatmulConv, skip_padding=True), kernel, stride, padding, size)
+    assert_same_as_lax_conv(functools.partial(MatmulConv, inference=True), kernel, stride, padding, size)
 
 
-def test_the_model_skips_padding_in_inference_only():
+WINOGRAD_CASES = [(3, 1, "SAME", 8), (3, 1, "SAME", 15), (3, 1, "VALID", 6), (3, 1, ((0, 2), (1, 0)), 6), (3, 1, "SAME", 2)]
+
+
+@pytest.mark.parametrize("kernel, stride, padding, size", WINOGRAD_CASES)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_inference_winograd_conv_equals_lax_conv(monkeypatch, kernel, stride, padding, size, dtype):
+    monkeypatch.setattr(conv_module, "SKIP_PADDING_MIN_FRACTION", 1.1)  # every 3x3 stride-1 conv takes Winograd
+    if dtype == jnp.float32:
+        assert_same_as_lax_conv(functools.partial(MatmulConv, inference=True), kernel, stride, padding, size)
+    else:  # bfloat16 matmul inputs: the transformed tiles and kernel are rounded once, like im2col's patches
+        x = jax.random.normal(jax.random.key(1), (2, size, size + 1, 5))
+        conv = lambda **kw: MatmulConv(6, (3, 3), padding=padding, **kw)  # noqa: E731
+        variables = conv().init(jax.random.key(0), x)
+        exact = conv().apply(variables, x)
+        fast = conv(inference=True, dtype=jnp.bfloat16).apply(variables, x)
+        assert fast.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.asarray(fast, np.float32), exact, atol=0.05, rtol=0.02)
+
+
+def test_the_model_takes_the_inference_conv_paths_in_inference_only():
     model = signs_jax.ResNet50(width=0.125)
     x = jnp.zeros((1, 64, 64, 3))
     variables = signs_jax.init_variables(model, jax.random.key(0))
-    dots = lambda train: str(jax.make_jaxpr(  # noqa: E731
-        lambda v: model.apply(v, x, train=train, mutable=["batch_stats"] if train else False))(variables)).count("dot_general")
+
+    def jaxpr(train):
+        return str(jax.make_jaxpr(lambda v: model.apply(v, x, train=train, mutable=["batch_stats"] if train else False))(variables))
+
+    inference, training = jaxpr(train=False), jaxpr(train=True)
     # stage 4's and 5's 3x3 convs (4x4 and 2x2 pixels) become 9 and 4 matmuls each in inference
-    assert dots(train=False) == dots(train=True) + 6 * 8 + 3 * 3
+    assert inference.count("dot_general") == training.count("dot_general") + 6 * 8 + 3 * 3
+    # stage 2's and 3's (15x15 and 8x8) become one Winograd matmul batched over the 16 tile products
+    winograd_matmul = "dimension_numbers=(([2], [1]), ([0], [0]))"
+    assert inference.count(winograd_matmul) == 3 + 4 and training.count(winograd_matmul) == 0
 
 
 def test_same_padding_is_tensorflows():
