@@ -1,14 +1,15 @@
 """Keep freed memory in the process instead of handing it back to the kernel (glibc only).
 
-A compiled ResNet50 step allocates its ~400 MB of temporaries afresh on every call. With glibc's
-defaults the large ones come from fresh `mmap`s, and the worker threads' arenas unmap a heap as
-soon as it is empty, so a float32 train step takes ~100,000 page faults in which the kernel zeroes
-memory (0.2 s of CPU time on a 2-core machine). No `mmap`, no trimming, a 64 MB top pad (which
-keeps empty thread heaps mapped) and one arena per core make glibc reuse the same pages: faults
-per step ~10-20k, train step and inference 1.1-1.2x, train epochs 1.13x (docs/performance.md). One
-arena in all removes a few more faults but makes XLA's compiler threads queue for it (compile 1.3x
-slower). The cost: the process keeps its peak memory until it exits. Open: under this setting the
-bfloat16 train step is bimodal from one process to the next (82 or 114 img/s, against 96 without).
+A compiled ResNet50 step allocates its temporaries afresh on every call: XLA asks for one buffer
+for all of them (270 MB for inference at batch 120) plus smaller ones. With glibc's defaults the
+large ones come from fresh `mmap`s, so every call page-faults its way through memory the kernel
+must zero first (~100,000 faults per float32 train step). `reuse_freed_memory` turns off `mmap`
+and trimming and keeps a single arena: a thread arena cannot hold a block over 64 MB and falls
+back to `mmap` for it whatever the settings, and XLA allocates from its worker threads. Measured
+(docs/performance.md): faults per inference call 66,000 -> 0, and the speed of a process no longer
+depends on which arena XLA's threads drew (train 52 or 68 img/s with an arena per core, 69-72
+with one). The costs: XLA's compiler threads share the arena's lock (compile ~1.1x slower), and
+the process keeps its peak memory until it exits.
 
 The command-line tools call `reuse_freed_memory()` before JAX starts its threads; set
 SIGNS_JAX_MALLOC=default to keep glibc's defaults.
@@ -20,7 +21,7 @@ import platform
 
 ENV = "SIGNS_JAX_MALLOC"
 # <malloc.h>
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 
 
 def reuse_freed_memory() -> bool:
@@ -31,6 +32,5 @@ def reuse_freed_memory() -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return False
-    cores = len(os.sched_getaffinity(0))
-    settings = ((M_ARENA_MAX, cores), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 64 << 20))
+    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
     return all(libc.mallopt(option, value) == 1 for option, value in settings)
