@@ -110,16 +110,16 @@ def keras_runners(args, out: dict) -> dict:
 
 
 def measure(runners: dict, repeats: int, warmup: int = 2) -> dict:
-    for call, _ in runners.values():
-        for _ in range(warmup):
-            call()
+    # Warm up in the same round-robin as the timed rounds: the heap reaches its steady state (no
+    # more page faults) only once every function has run after every other.
     times = {name: [] for name in runners}
-    for _ in range(repeats):
+    for round_index in range(warmup + repeats):
         for name, (call, _) in runners.items():
             time.sleep(PAUSE_S)
             t0 = time.perf_counter()
             call()
-            times[name].append(time.perf_counter() - t0)
+            if round_index >= warmup:
+                times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
