@@ -4,7 +4,9 @@
 swaps in without touching the param tree. A 1x1 conv is a matmul over channels (after striding); a
 k x k conv concatenates the k*k shifted views of the padded input along channels (im2col) and does
 one matmul with the kernel reshaped to (k*k*in, out). The backward pass is written out by hand
-(`conv_as_matmul`): see there why. docs/performance.md has the measurements.
+(`conv_as_matmul`): see there why. Inference has two more paths, chosen by the conv's geometry:
+`conv_skipping_padding` where many taps fall on padding, `winograd_conv` for the other 3x3 stride-1
+convs. docs/performance.md has the measurements.
 """
 import functools
 from typing import Any, Sequence, Tuple, Union
@@ -258,9 +260,10 @@ def winograd_conv(x, kernel, pads):
 
     Each 4x4 input tile (stride 2) and the kernel are transformed to 16 values, the 16 products over
     channels are one batched matmul of (tiles, C) by (C, out), and the output transform turns them
-    into 2x2 output pixels. The transforms are exact in binary but for the kernel's halves, so
-    the result differs from im2col's sums by a few float32 roundings. The transforms compute in
-    float32; the matmul runs in `x`'s dtype. 1.3-1.6x on the 15x15 and 8x8 convs of ResNet50.
+    into 2x2 output pixels. The transforms only add and subtract (the kernel's also halve), in
+    float32; the matmul runs in `x`'s dtype. The result differs from im2col's by a few float32
+    roundings (ResNet50's logits by ~1e-7). Per conv at batch 120: 1.0-1.3x at 15x15x64, 1.5x at
+    8x8x128, slower at 4x4 and 2x2 (docs/performance.md).
     """
     (top, bottom), (left, right) = pads
     n, h, w, c = x.shape
