@@ -8,8 +8,8 @@ and trimming and keeps a single arena: a thread arena cannot hold a block over 6
 back to `mmap` for it whatever the settings, and XLA allocates from its worker threads. Measured
 (docs/performance.md): faults per inference call 66,000 -> 0, and the speed of a process no longer
 depends on which arena XLA's threads drew (train 52 or 68 img/s with an arena per core, 69-72
-with one). The costs: XLA's compiler threads share the arena's lock (compile ~1.1x slower), and
-the process keeps its peak memory until it exits.
+with one). The costs: XLA's compiler threads share the arena's lock (train-step compile 1.1x,
+eval compile 1.3x slower in float32), and the process keeps its peak memory until it exits.
 
 The command-line tools call `reuse_freed_memory()` before JAX starts its threads; set
 SIGNS_JAX_MALLOC=default to keep glibc's defaults.
