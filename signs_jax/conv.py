@@ -234,7 +234,6 @@ def conv_skipping_padding(x, kernel, strides, pads):
     return jnp.concatenate(out_rows, axis=1) if len(out_rows) > 1 else out_rows[0]
 
 
-
 # Winograd F(2x2, 3x3) (Lavin & Gray 2015): a 2x2 output tile from a 4x4 input tile in 16 products
 # instead of 36. Row k of a matrix lists the coefficients of the k-th transformed value.
 WINOGRAD_INPUT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))  # B^T
@@ -271,12 +270,9 @@ def winograd_conv(x, kernel, pads):
     out_h, out_w = h + top + bottom - 2, w + left + right - 2
     tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
     x = jnp.pad(x.astype(jnp.float32), ((0, 0), (top, 2 * tiles_h + 2 - h - top), (left, 2 * tiles_w + 2 - w - left), (0, 0)))
-
-    def tile_rows(z, axis, tiles):  # the 4 rows of every tile along `axis`, each (.., tiles, ..)
-        return [jax.lax.slice_in_dim(z, k, k + 2 * tiles - 1, 2, axis) for k in range(4)]
-
-    transformed = [v for u in combine(WINOGRAD_INPUT, tile_rows(x, 1, tiles_h))
-                   for v in combine(WINOGRAD_INPUT, tile_rows(u, 2, tiles_w))]
+    # the 4 rows (then columns) of every tile: the shifted views of a 4x1 (1x4) window at stride 2
+    transformed = [v for u in combine(WINOGRAD_INPUT, shifted_views(x, (4, 1), (2, 1)))
+                   for v in combine(WINOGRAD_INPUT, shifted_views(u, (1, 4), (1, 2)))]
     transformed = jnp.stack(transformed).reshape(16, n * tiles_h * tiles_w, c).astype(dtype)
     kernel = jnp.stack([v for u in combine(WINOGRAD_KERNEL, list(kernel.astype(jnp.float32)))
                         for v in combine(WINOGRAD_KERNEL, list(u))])  # (16, C, out)
@@ -316,8 +312,7 @@ class MatmulConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, in_features, self.features), self.param_dtype)
         pads = tuple(map(tuple, resolve_padding(self.padding, x.shape[1:3], (kh, kw), strides)))
         x = x.astype(self.dtype)
-        skip_padding = self.inference and padding_fraction(x.shape[1:3], (kh, kw), strides, pads) >= SKIP_PADDING_MIN_FRACTION
-        if skip_padding:
+        if self.inference and padding_fraction(x.shape[1:3], (kh, kw), strides, pads) >= SKIP_PADDING_MIN_FRACTION:
             y = conv_skipping_padding(x, kernel, strides, pads)
         elif self.inference and (kh, kw) == (3, 3) and strides == (1, 1):
             y = winograd_conv(x, kernel, pads)
