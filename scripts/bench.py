@@ -10,8 +10,9 @@ may be shared: interleaving keeps a burst of outside load from landing on one si
 ratios are the numbers to trust. Compile times are given as wall and as CPU seconds (the XLA
 compiler is mostly single-threaded, so its CPU time is what it takes on an idle machine).
 Like the command-line tools, the run first sets glibc's allocator to reuse freed memory
-(`signs_jax.allocator`; tf-keras shares the process and the setting); SIGNS_JAX_MALLOC=default
-measures with glibc's defaults.
+(`signs_jax.allocator`; tf-keras shares the process and the setting) and adds the package's XLA
+CPU flags (`signs_jax.xla_flags`); SIGNS_JAX_MALLOC=default measures with glibc's defaults, and a
+flag set in XLA_FLAGS beforehand keeps its value.
 """
 import argparse
 import json
@@ -142,11 +143,14 @@ def main(argv=None):
         p.error("--repeats must be at least 5")
 
     from signs_jax.allocator import reuse_freed_memory
+    from signs_jax.xla_flags import set_cpu_flags
 
     # as the command-line tools do; tf-keras, in the same process, runs with the same allocator
     malloc = "reuse_freed_memory" if reuse_freed_memory() else "default"
+    set_cpu_flags()
     result = {"conv": args.conv, "dtype": args.dtype, "width": args.width, "batch_size": args.batch_size,
-              "infer_batch_size": args.infer_batch_size, "repeats": args.repeats, "malloc": malloc}
+              "infer_batch_size": args.infer_batch_size, "repeats": args.repeats, "malloc": malloc,
+              "xla_flags": os.environ.get("XLA_FLAGS", "")}
     runners = jax_runners(args, result)
     if args.compare == "keras":
         runners.update(keras_runners(args, result))

@@ -27,11 +27,13 @@ def cli_main(main):
 def run_cli(build_parser, run, argv=None) -> int:
     """Parse `argv` with `build_parser()` and call `run(args)` with `cli_main`'s error handling.
 
-    Every command-line tool runs JAX steps, so this is where the process's allocator is set up
-    (`allocator.reuse_freed_memory`), before JAX starts its threads.
+    Every command-line tool runs JAX steps, so this is where the process's allocator and XLA's CPU
+    flags are set up (`allocator.reuse_freed_memory`, `xla_flags.set_cpu_flags`), before JAX starts.
     """
     from .allocator import reuse_freed_memory
+    from .xla_flags import set_cpu_flags
 
     args = build_parser().parse_args(argv)
     reuse_freed_memory()
+    set_cpu_flags()
     return cli_main(run)(args)
