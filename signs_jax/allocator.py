@@ -10,10 +10,12 @@ A thread arena's heaps are 64 MB, and a larger block is `mmap`ped whatever the s
 same call also caps XLA's temporary buffers at 32 MB each (`xla_flags.HEAP_SIZE_LIMIT`; XLA
 otherwise puts all of a step's temporaries in one buffer of 270-400 MB), and a 64 MB top pad keeps
 an emptied heap mapped. Measured (docs/performance.md): faults per train step 127,000 -> 0-100,
-and the train-step compile 1.5x faster than with a single arena, whose lock XLA's compiler
+and the train-step compile about 1.3x faster than with one arena, whose lock XLA's compiler
 threads queue for. The costs: the process keeps its peak memory until it exits, and a single
-tensor over 64 MB (conv1's patches at inference batch 120, 72 MB) is still `mmap`ped in the calls
-whose allocating thread draws the second arena.
+tensor over 64 MB, which XLA cannot split, is still `mmap`ped in the calls whose allocating thread
+drew the second arena. Inference computes large patches in batch chunks for that reason
+(`conv.PATCHES_MAX_BYTES`); what remains is float32 training at batches of 112 and more (conv1's
+patches) and activations at batches over about 250.
 
 The command-line tools call `reuse_freed_memory()` before JAX starts its threads; set
 SIGNS_JAX_MALLOC=default to keep glibc's defaults.

@@ -6,10 +6,19 @@ import functools
 import os
 from pathlib import Path
 
-import h5py
-import jax
-import numpy as np
-import pytest
+from signs_jax.allocator import reuse_freed_memory
+from signs_jax.xla_flags import set_cpu_flags
+
+# The same process set-up as the command-line tools (errors.run_cli), before JAX starts: the tests
+# then run under the XLA flags users get (turning loop unrolling off changes the last bits of some
+# results, and training that resumes in a tool must continue this process's numbers exactly).
+reuse_freed_memory()
+set_cpu_flags()
+
+import h5py  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
