@@ -1,21 +1,15 @@
 """Keep freed memory in the process instead of handing it back to the kernel (glibc only).
 
-A compiled ResNet50 step allocates its temporaries afresh on every call, from XLA's worker
-threads. With glibc's defaults the large blocks come from fresh `mmap`s, so every call page-faults
-its way through memory the kernel must zero first (~100,000 faults per float32 train step).
-`reuse_freed_memory` turns off `mmap` and trimming, so freed blocks stay in the heap for the next
-call, and limits glibc to two arenas: the main one and one that the other threads share.
-
-A thread arena's heaps are 64 MB, and a larger block is `mmap`ped whatever the settings, so the
-same call also caps XLA's temporary buffers at 32 MB each (`xla_flags.HEAP_SIZE_LIMIT`; XLA
-otherwise puts all of a step's temporaries in one buffer of 270-400 MB), and a 64 MB top pad keeps
-an emptied heap mapped. Measured (docs/performance.md): faults per train step 127,000 -> 0-100,
-and the train-step compile about 1.3x faster than with one arena, whose lock XLA's compiler
-threads queue for. The costs: the process keeps its peak memory until it exits, and a single
-tensor over 64 MB, which XLA cannot split, is still `mmap`ped in the calls whose allocating thread
-drew the second arena. Inference computes large patches in batch chunks for that reason
-(`conv.PATCHES_MAX_BYTES`); what remains is float32 training at batches of 112 and more (conv1's
-patches) and activations at batches over about 250.
+A compiled ResNet50 step allocates its temporaries afresh on every call: XLA asks for one buffer
+for all of them (270 MB for inference at batch 120) plus smaller ones. With glibc's defaults the
+large ones come from fresh `mmap`s, so every call page-faults its way through memory the kernel
+must zero first (~100,000 faults per float32 train step). `reuse_freed_memory` turns off `mmap`
+and trimming and keeps a single arena: a thread arena cannot hold a block over 64 MB and falls
+back to `mmap` for it whatever the settings, and XLA allocates from its worker threads. Measured
+(docs/performance.md): faults per inference call 66,000 -> 0, and the speed of a process no longer
+depends on which arena XLA's threads drew (train 52 or 68 img/s with an arena per core, 69-72
+with one). The costs: XLA's compiler threads share the arena's lock (train-step compile 1.1x,
+eval compile 1.3x slower in float32), and the process keeps its peak memory until it exits.
 
 The command-line tools call `reuse_freed_memory()` before JAX starts its threads; set
 SIGNS_JAX_MALLOC=default to keep glibc's defaults.
@@ -25,15 +19,9 @@ import ctypes.util
 import os
 import platform
 
-from .xla_flags import HEAP_SIZE_LIMIT, add_xla_flag
-
 ENV = "SIGNS_JAX_MALLOC"
 # <malloc.h>
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX, M_ARENA_MAX = -1, -2, -4, -8
-# The main arena plus one that the other threads share (see the module docstring).
-ARENAS = 2
-# A thread arena's heap is unmapped as soon as it is empty unless the top pad covers it.
-TOP_PAD = 64 << 20
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8
 
 
 def reuse_freed_memory() -> bool:
@@ -44,8 +32,5 @@ def reuse_freed_memory() -> bool:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
         return False
-    settings = ((M_ARENA_MAX, ARENAS), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, TOP_PAD))
-    if not all(libc.mallopt(option, value) == 1 for option, value in settings):
-        return False
-    add_xla_flag(*HEAP_SIZE_LIMIT)
-    return True
+    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, 2**31 - 1))
+    return all(libc.mallopt(option, value) == 1 for option, value in settings)

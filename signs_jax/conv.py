@@ -185,27 +185,6 @@ def _conv_as_matmul_bwd(kernel_size, strides, pads, residuals, g):
 conv_as_matmul.defvjp(_conv_as_matmul_fwd, _conv_as_matmul_bwd)
 
 
-# Inference only: a glibc thread arena cannot keep a block over 64 MB (allocator.py), so a conv
-# whose patches would be larger (conv1 at batch 120: 72 MB) runs over batch chunks with at most
-# this many bytes of patches each, and no temporary of the call gets `mmap`ped afresh.
-PATCHES_MAX_BYTES = 32 << 20
-
-
-def conv_in_batch_chunks(x, kernel, kernel_size: Tuple[int, int], strides: Tuple[int, int], pads):
-    """`conv_as_matmul` over the fewest equal batch chunks whose patches fit PATCHES_MAX_BYTES."""
-    n, h, w, c = x.shape
-    (kh, kw), (sh, sw) = kernel_size, strides
-    out_pixels = ((h + sum(pads[0]) - kh) // sh + 1) * ((w + sum(pads[1]) - kw) // sw + 1)
-    image_bytes = out_pixels * kh * kw * c * x.dtype.itemsize
-    chunks = min(n, -(-n * image_bytes // PATCHES_MAX_BYTES))
-    if chunks <= 1:
-        return conv_as_matmul(x, kernel, kernel_size, strides, pads)
-    chunks = next(k for k in range(chunks, n + 1) if n % k == 0)
-    y = jax.lax.map(lambda part: conv_as_matmul(part, kernel, kernel_size, strides, pads),
-                    x.reshape(chunks, n // chunks, h, w, c))
-    return y.reshape(n, *y.shape[2:])
-
-
 # Inference only: skip the kernel taps that fall on zero padding where at least this fraction of a
 # conv's taps does (the 3x3 convs at 4x4 and 2x2 pixels: 31 % and 56 %). Measured 1.04x inference in
 # float32 and bfloat16; in training the gradients' extra pads ate the saved flops (0.96-0.99x).
@@ -311,8 +290,7 @@ class MatmulConv(nn.Module):
 
     Computes in `dtype` (the matmul accumulates in float32); params are `param_dtype`. With
     `inference` (what `ResNet` sets when not training) a conv whose taps fall on padding often
-    enough computes as `conv_skipping_padding`, other 3x3 stride-1 convs as `winograd_conv`, and
-    the rest in batch chunks where their patches would be large (`conv_in_batch_chunks`).
+    enough computes as `conv_skipping_padding`, and other 3x3 stride-1 convs as `winograd_conv`.
     """
 
     features: int
@@ -338,8 +316,6 @@ class MatmulConv(nn.Module):
             y = conv_skipping_padding(x, kernel, strides, pads)
         elif self.inference and (kh, kw) == (3, 3) and strides == (1, 1):
             y = winograd_conv(x, kernel, pads)
-        elif self.inference:
-            y = conv_in_batch_chunks(x, kernel, (kh, kw), strides, pads)
         else:
             y = conv_as_matmul(x, kernel, (kh, kw), strides, pads)
         if self.use_bias:

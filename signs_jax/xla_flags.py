@@ -16,11 +16,6 @@ ENV = "XLA_FLAGS"
 # through the extra options).
 NO_LOOP_UNROLLING = ("--xla_backend_extra_options", "xla_cpu_disable_loop_unrolling")
 
-# XLA puts all temporaries of a step in one buffer (~400 MB for the train step); split into
-# buffers of about 32 MB, each fits a glibc thread arena's 64 MB heap and is reused instead of
-# mmapped afresh on every call (allocator.py sets this one with the arenas it serves).
-HEAP_SIZE_LIMIT = ("--xla_multiheap_size_constraint_per_heap", str(32 << 20))
-
 
 def accelerator_plugins() -> set:
     """Names of installed JAX PJRT plugins (CUDA, ROCm, TPU), found without starting JAX."""

@@ -95,18 +95,6 @@ def test_inference_winograd_conv_equals_lax_conv(monkeypatch, kernel, stride, pa
         np.testing.assert_allclose(np.asarray(fast, np.float32), exact, atol=0.05, rtol=0.02)
 
 
-@pytest.mark.parametrize("kernel, stride, padding, size", [(7, 2, ((3, 3), (3, 3)), 32), (1, 2, "VALID", 15), (3, 2, "SAME", 9)])
-def test_inference_conv_in_batch_chunks_equals_lax_conv(monkeypatch, kernel, stride, padding, size):
-    monkeypatch.setattr(conv_module, "SKIP_PADDING_MIN_FRACTION", 1.1)
-    monkeypatch.setattr(conv_module, "PATCHES_MAX_BYTES", 1)  # one image per chunk
-    conv = functools.partial(MatmulConv, inference=True)
-    assert_same_as_lax_conv(conv, kernel, stride, padding, size)
-    x = jnp.zeros((2, size, size + 1, 5))
-    module = conv(6, (kernel, kernel), strides=(stride, stride), padding=padding)
-    variables = module.init(jax.random.key(0), x)
-    assert "scan[" in str(jax.make_jaxpr(module.apply)(variables, x))  # it did run in chunks
-
-
 def test_the_model_takes_the_inference_conv_paths_in_inference_only():
     model = signs_jax.ResNet50(width=0.125)
     x = jnp.zeros((1, 64, 64, 3))
