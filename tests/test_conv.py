@@ -95,6 +95,18 @@ def test_inference_winograd_conv_equals_lax_conv(monkeypatch, kernel, stride, pa
         np.testing.assert_allclose(np.asarray(fast, np.float32), exact, atol=0.05, rtol=0.02)
 
 
+@pytest.mark.parametrize("kernel, stride, pads", [((7, 7), (2, 2), ((3, 3), (3, 3))), ((3, 5), (1, 2), ((0, 2), (1, 0))),
+                                                  ((4, 4), (3, 2), ((0, 0), (0, 0)))])
+def test_thin_inputs_build_the_same_patches_in_two_steps(monkeypatch, kernel, stride, pads):
+    x = jax.random.normal(jax.random.key(0), (2, 13, 11, 3))
+    two_steps = conv_module.im2col(x, kernel, stride, pads), conv_module.im2col_transposed(x, kernel, stride, pads)
+    monkeypatch.setattr(conv_module, "THIN_INPUT_CHANNELS", 0)
+    one_step = conv_module.im2col(x, kernel, stride, pads), conv_module.im2col_transposed(x, kernel, stride, pads)
+    for a, b in zip(two_steps, one_step):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(two_steps[1], one_step[0].reshape(-1, one_step[0].shape[-1]).T)
+
+
 def test_the_model_takes_the_inference_conv_paths_in_inference_only():
     model = signs_jax.ResNet50(width=0.125)
     x = jnp.zeros((1, 64, 64, 3))
