@@ -1,7 +1,7 @@
 """XLA flags this package sets for its own processes on CPU, each one measured (docs/performance.md).
 
-XLA reads XLA_FLAGS once, when JAX creates its backend, so these are set at start-up by the
-command-line tools and scripts/bench.py (`errors.run_cli`), before the first JAX computation. A
+XLA reads XLA_FLAGS once, when JAX creates its backend, so these are set at start-up, before the
+first JAX computation, by the command-line tools (`errors.run_cli`), scripts/bench.py and the tests. A
 flag already in XLA_FLAGS is left as the user set it, and nothing is added where JAX may run on an
 accelerator (JAX_PLATFORMS without "cpu", or an installed GPU/TPU plugin): the flags are CPU tuning.
 """
@@ -28,6 +28,7 @@ def accelerator_plugins() -> set:
 
 
 def runs_on_cpu_only() -> bool:
+    """Whether JAX will pick the CPU: JAX_PLATFORMS says so, or no accelerator plugin is installed."""
     platforms = os.environ.get("JAX_PLATFORMS", "")
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
