@@ -11,7 +11,7 @@ ratios are the numbers to trust. Compile times are given as wall and as CPU seco
 compiler is mostly single-threaded, so its CPU time is what it takes on an idle machine).
 Like the command-line tools, the run first sets glibc's allocator to reuse freed memory
 (`signs_jax.allocator`; tf-keras shares the process and the setting) and adds the package's XLA
-CPU flags (`signs_jax.xla_flags`); SIGNS_JAX_MALLOC=default measures with glibc's defaults, and a
+CPU flags (`signs_jax.xla_flags`), both through `signs_jax.process.set_up_process`; SIGNS_JAX_MALLOC=default measures with glibc's defaults, and a
 flag set in XLA_FLAGS beforehand keeps its value.
 """
 import argparse
@@ -142,12 +142,10 @@ def main(argv=None):
     if args.repeats < 5:
         p.error("--repeats must be at least 5")
 
-    from signs_jax.allocator import reuse_freed_memory
-    from signs_jax.xla_flags import set_cpu_flags
+    from signs_jax.process import set_up_process
 
     # as the command-line tools do; tf-keras, in the same process, runs with the same allocator
-    malloc = "reuse_freed_memory" if reuse_freed_memory() else "default"
-    set_cpu_flags()
+    malloc = "reuse_freed_memory" if set_up_process() else "default"
     result = {"conv": args.conv, "dtype": args.dtype, "width": args.width, "batch_size": args.batch_size,
               "infer_batch_size": args.infer_batch_size, "repeats": args.repeats, "malloc": malloc,
               "xla_flags": os.environ.get("XLA_FLAGS", "")}

@@ -46,29 +46,43 @@ def im2col(x, kernel_size: Sequence[int], strides: Sequence[int], pads) -> jax.A
 
     Channel order (i, j, c) matches `kernel.reshape(kh*kw*C, out)`. A 1x1 kernel is just a strided view.
     """
-    (kh, kw), (sh, sw), ((top, bottom), (left, right)) = kernel_size, strides, pads
+    (top, bottom), (left, right) = pads
     if top or bottom or left or right:
         x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-    if x.shape[-1] <= THIN_INPUT_CHANNELS and kh > 1 and kw > 1:  # kernel rows of kw*C columns
-        x = jnp.concatenate(shifted_views(x, (1, kw), (1, sw)), axis=-1)
+    return concatenated_views(x, kernel_size, strides, spatial_axes=(1, 2), channel_axis=3)
+
+
+def concatenated_views(x, kernel_size: Sequence[int], strides: Sequence[int], spatial_axes, channel_axis: int):
+    """The `shifted_views` of an already padded `x`, concatenated along `channel_axis` in (i, j, c) order.
+
+    A thin input (at most THIN_INPUT_CHANNELS) concatenates its kw column views first, then the kh
+    row views of those: the same array from kh + kw slices instead of kh * kw.
+    """
+    (kh, kw), (sh, sw) = kernel_size, strides
+    if x.shape[channel_axis] <= THIN_INPUT_CHANNELS and kh > 1 and kw > 1:
+        x = jnp.concatenate(shifted_views(x, (1, kw), (1, sw), spatial_axes), axis=channel_axis)
         kernel_size, strides = (kh, 1), (sh, 1)
-    views = shifted_views(x, kernel_size, strides)
-    return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+    views = shifted_views(x, kernel_size, strides, spatial_axes)
+    return views[0] if len(views) == 1 else jnp.concatenate(views, axis=channel_axis)
 
 
 def window_offsets(kernel_size: Sequence[int]):
     return [(i, j) for i in range(kernel_size[0]) for j in range(kernel_size[1])]
 
 
-def shifted_views(x, kernel_size: Sequence[int], strides: Sequence[int]):
-    """The kh*kw strided views of (N, H, W, C) `x`, one per kernel position, each (N, out_h, out_w, C)."""
-    (kh, kw), (sh, sw) = kernel_size, strides
-    n, h, w, c = x.shape
-    out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
-    return [
-        jax.lax.slice(x, (0, i, j, 0), (n, i + sh * (out_h - 1) + 1, j + sw * (out_w - 1) + 1, c), (1, sh, sw, 1))
-        for i, j in window_offsets(kernel_size)
-    ]
+def shifted_views(x, kernel_size: Sequence[int], strides: Sequence[int], spatial_axes=(1, 2)):
+    """The kh*kw strided views of `x`, (N, H, W, C) unless `spatial_axes` say otherwise, one per kernel
+    position, each with its spatial axes cut to (out_h, out_w)."""
+    (kh, kw), (sh, sw), (rows, cols) = kernel_size, strides, spatial_axes
+    out_h, out_w = (x.shape[rows] - kh) // sh + 1, (x.shape[cols] - kw) // sw + 1
+
+    def view(i, j):
+        start, limit, step = [0] * x.ndim, list(x.shape), [1] * x.ndim
+        start[rows], limit[rows], step[rows] = i, i + sh * (out_h - 1) + 1, sh
+        start[cols], limit[cols], step[cols] = j, j + sw * (out_w - 1) + 1, sw
+        return jax.lax.slice(x, start, limit, step)
+
+    return [view(i, j) for i, j in window_offsets(kernel_size)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
@@ -131,25 +145,12 @@ def move_bits(f, x, *args):
 
 def im2col_transposed(x, kernel_size: Sequence[int], strides: Sequence[int], pads) -> jax.Array:
     """(N, H, W, C) -> (kh*kw*C, N*out_h*out_w): the transpose of `im2col`, built from a transposed `x`."""
-    (kh, kw), (sh, sw), ((top, bottom), (left, right)) = kernel_size, strides, pads
+    (kh, kw), ((top, bottom), (left, right)) = kernel_size, pads
     xt = jnp.transpose(x, (3, 0, 1, 2))
     if top or bottom or left or right:
         xt = jnp.pad(xt, ((0, 0), (0, 0), (top, bottom), (left, right)))
-    c, n, h, w = xt.shape
-    out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
-
-    def views(xt, kernel_size, strides):  # `shifted_views` of (C, N, H, W)
-        (kh, kw), (sh, sw), (rows, cols) = kernel_size, strides, xt.shape[2:]
-        rows, cols = sh * ((rows - kh) // sh) + 1, sw * ((cols - kw) // sw) + 1
-        return [jax.lax.slice(xt, (0, 0, i, j), (xt.shape[0], n, i + rows, j + cols), (1, 1, sh, sw))
-                for i, j in window_offsets(kernel_size)]
-
-    if c <= THIN_INPUT_CHANNELS and kh > 1 and kw > 1:  # as in `im2col`
-        xt = jnp.concatenate(views(xt, (1, kw), (1, sw)), axis=0)
-        kernel_size, strides = (kh, 1), (sh, 1)
-    columns = views(xt, kernel_size, strides)
-    columns = columns[0] if len(columns) == 1 else jnp.concatenate(columns, axis=0)
-    return columns.reshape(kh * kw * c, n * out_h * out_w)
+    columns = concatenated_views(xt, kernel_size, strides, spatial_axes=(2, 3), channel_axis=0)
+    return columns.reshape(kh * kw * x.shape[-1], -1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))

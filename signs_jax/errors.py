@@ -27,13 +27,11 @@ def cli_main(main):
 def run_cli(build_parser, run, argv=None) -> int:
     """Parse `argv` with `build_parser()` and call `run(args)` with `cli_main`'s error handling.
 
-    Every command-line tool runs JAX steps, so this is where the process's allocator and XLA's CPU
-    flags are set up (`allocator.reuse_freed_memory`, `xla_flags.set_cpu_flags`), before JAX starts.
+    Every command-line tool runs JAX steps, so this is where the process is set up
+    (`process.set_up_process`: malloc settings, XLA's CPU flags), before JAX starts.
     """
-    from .allocator import reuse_freed_memory
-    from .xla_flags import set_cpu_flags
+    from .process import set_up_process
 
     args = build_parser().parse_args(argv)
-    reuse_freed_memory()
-    set_cpu_flags()
+    set_up_process()
     return cli_main(run)(args)

@@ -1,7 +1,7 @@
 """XLA flags this package sets for its own processes on CPU, each one measured (docs/performance.md).
 
 XLA reads XLA_FLAGS once, when JAX creates its backend, so these are set at start-up, before the
-first JAX computation, by the command-line tools (`errors.run_cli`), scripts/bench.py and the tests. A
+first JAX computation, by `process.set_up_process` (every command-line tool, bench.py, the tests). A
 flag already in XLA_FLAGS is left as the user set it, and nothing is added where JAX may run on an
 accelerator (JAX_PLATFORMS without "cpu", or an installed GPU/TPU plugin): the flags are CPU tuning.
 """

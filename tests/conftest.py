@@ -6,14 +6,12 @@ import functools
 import os
 from pathlib import Path
 
-from signs_jax.allocator import reuse_freed_memory
-from signs_jax.xla_flags import set_cpu_flags
+from signs_jax.process import set_up_process
 
-# The same process set-up as the command-line tools (errors.run_cli), before JAX starts: the tests
-# then run under the XLA flags users get (turning loop unrolling off changes the last bits of some
-# results, and training that resumes in a tool must continue this process's numbers exactly).
-reuse_freed_memory()
-set_cpu_flags()
+# The same process set-up as the command-line tools, before JAX starts: the tests then run under
+# the XLA flags users get (turning loop unrolling off changes the last bits of some results, and
+# training that resumes in a tool must continue this process's numbers exactly).
+set_up_process()
 
 import h5py  # noqa: E402
 import jax  # noqa: E402

@@ -105,6 +105,9 @@ def test_thin_inputs_build_the_same_patches_in_two_steps(monkeypatch, kernel, st
     for a, b in zip(two_steps, one_step):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(two_steps[1], one_step[0].reshape(-1, one_step[0].shape[-1]).T)
+    monkeypatch.undo()
+    slices = str(jax.make_jaxpr(lambda x: conv_module.im2col(x, kernel, stride, pads))(x)).count(" slice[")
+    assert slices == kernel[0] + kernel[1]  # kh + kw views, not kh * kw
 
 
 def test_the_model_takes_the_inference_conv_paths_in_inference_only():
