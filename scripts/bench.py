@@ -4,15 +4,20 @@
     python scripts/bench.py --conv xla --dtype bfloat16 --compare keras --json
 
 Every timed function (JAX train step, JAX inference, the 2048^3 matmuls that give this machine's
-peak, and tf-keras's train_on_batch / predict_on_batch with --compare keras) is warmed up, then run
-round-robin, one call each per round, and reported as the median over --repeats rounds. The machine
-may be shared: interleaving keeps a burst of outside load from landing on one side only, so the
-ratios are the numbers to trust. Compile times are given as wall and as CPU seconds (the XLA
-compiler is mostly single-threaded, so its CPU time is what it takes on an idle machine).
-Like the command-line tools, the run first sets glibc's allocator to reuse freed memory
+peak, and tf-keras's train_on_batch / predict_on_batch with --compare keras) is warmed up until a
+round costs no more page faults (the heap is steady), then run round-robin, one call each per
+round, and reported as the median over --repeats rounds. The machine may be shared: interleaving
+keeps a burst of outside load from landing on one side only, so the ratios are the numbers to
+trust. On this project's machines a whole process can also run fast or slow (tf-keras: train
+50-76, inference 190-297 img/s; the JAX bfloat16 train step 82-108 img/s), so one process is one
+sample: --processes N repeats the whole measurement in N fresh processes, one after another, lists
+every process's numbers and reports their medians. Compile times are given as wall and as CPU seconds (the XLA
+compiler is mostly single-threaded, so its CPU time is what it takes on an idle machine). Like the
+command-line tools, the run first sets glibc's allocator to reuse freed memory
 (`signs_jax.allocator`; tf-keras shares the process and the setting) and adds the package's XLA
-CPU flags (`signs_jax.xla_flags`), both through `signs_jax.process.set_up_process`; SIGNS_JAX_MALLOC=default measures with glibc's defaults, and a
-flag set in XLA_FLAGS beforehand keeps its value.
+CPU flags (`signs_jax.xla_flags`), both through `signs_jax.process.set_up_process`;
+SIGNS_JAX_MALLOC=default measures with glibc's defaults, and a flag set in XLA_FLAGS beforehand
+keeps its value.
 """
 import argparse
 import json
@@ -27,6 +32,14 @@ import numpy as np
 # Runtimes such as TensorFlow's spin their worker threads for a while after each call; a short
 # pause between the timed calls keeps one side's spinning threads out of the other side's timing.
 PAUSE_S = 0.1
+# Minor page faults a warm-up round may still cost for the heap to count as steady (a train call
+# that grows it costs tens of thousands).
+FAULTS_AT_STEADY_STATE = 10_000
+
+try:
+    import resource
+except ImportError:  # Unix only; elsewhere the warm-up is min_warmup rounds
+    resource = None
 
 
 def timed(fn):
@@ -110,17 +123,35 @@ def keras_runners(args, out: dict) -> dict:
     }
 
 
-def measure(runners: dict, repeats: int, warmup: int = 2) -> dict:
-    # Warm up in the same round-robin as the timed rounds: the heap reaches its steady state (no
-    # more page faults) only once every function has run after every other.
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
+def measure(runners: dict, repeats: int, out: dict, min_warmup: int = 2, max_warmup: int = 8) -> dict:
+    """Median seconds per call of each runner over `repeats` round-robin rounds after warm-up.
+
+    Warm-up runs in the same round-robin as the timed rounds until a whole round has no more than
+    FAULTS_AT_STEADY_STATE page faults: only then has the heap reached its steady state. The JAX
+    train step allocates its temporaries afresh on every call, and with tf-keras in the process
+    the heap kept growing for 3-5 rounds (60,000-80,000 faults in a train call in the third and
+    fourth rounds, 1.5-3x its steady time), which two fixed warm-up rounds left in the timed ones.
+    """
     times = {name: [] for name in runners}
-    for round_index in range(warmup + repeats):
+    warmup, faults = 0, []
+    while len(times[next(iter(runners))]) < repeats:
+        timed_round = warmup >= max_warmup or (warmup >= min_warmup and faults and faults[-1] <= FAULTS_AT_STEADY_STATE)
+        before = minor_faults()
         for name, (call, _) in runners.items():
             time.sleep(PAUSE_S)
             t0 = time.perf_counter()
             call()
-            if round_index >= warmup:
+            if timed_round:
                 times[name].append(time.perf_counter() - t0)
+        faults.append(minor_faults() - before)
+        if not timed_round:
+            warmup += 1
+    out["warmup_rounds"] = warmup
+    out["page_faults_per_timed_round"] = statistics.median(faults[warmup:])
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -137,10 +168,17 @@ def main(argv=None):
     p.add_argument("--infer-batch-size", type=int, default=120, help="inference batch (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds after warm-up, >= 5 (default: %(default)s)")
     p.add_argument("--compare", choices=("keras",), help="also time tf-keras on the same model, interleaved in this run")
+    p.add_argument("--processes", type=int, default=1,
+                   help="repeat the measurement in this many fresh processes and report the medians (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     if args.repeats < 5:
         p.error("--repeats must be at least 5")
+    if args.processes < 1:
+        p.error("--processes must be at least 1")
+    if args.processes > 1:
+        result = median_over_processes([run_in_fresh_process(args, i, args.processes) for i in range(args.processes)])
+        return report(result, args.json)
 
     from signs_jax.process import set_up_process
 
@@ -152,7 +190,7 @@ def main(argv=None):
     runners = jax_runners(args, result)
     if args.compare == "keras":
         runners.update(keras_runners(args, result))
-    medians = measure(runners, args.repeats)
+    medians = measure(runners, args.repeats, result)
     for name, seconds in medians.items():
         images, flops = runners[name][1]
         if name.startswith("peak_"):
@@ -166,12 +204,59 @@ def main(argv=None):
         result[f"{name}_fraction_of_peak"] = result[f"{name}_gflops_per_s"] / peak
         if f"keras_{name}_images_per_s" in result:
             result[f"{name}_vs_keras"] = result[f"{name}_images_per_s"] / result[f"keras_{name}_images_per_s"]
-    if args.json:
+    return report(result, args.json)
+
+
+def report(result: dict, as_json: bool) -> dict:
+    if as_json:
         print(json.dumps(result))
         return result
     for key, value in result.items():
+        if key == "per_process":
+            for index, numbers in enumerate(value, 1):
+                print(f"{'process ' + str(index):34s} " + "  ".join(f"{k} {v:.3f}" for k, v in numbers.items()))
+            continue
         print(f"{key:34s} {value:.3f}" if isinstance(value, float) else f"{key:34s} {value}")
     return result
+
+
+# Listed per process by --processes, so that the spread behind each median is visible.
+PER_PROCESS_KEYS = ("train_vs_keras", "infer_vs_keras", "train_images_per_s", "infer_images_per_s",
+                    "keras_train_images_per_s", "keras_infer_images_per_s", "train_compile_s", "eval_compile_s")
+
+
+def run_in_fresh_process(args, index: int, count: int) -> dict:
+    """One whole measurement (`--processes 1 --json`) in a new Python process; its JSON result."""
+    import subprocess
+
+    command = [sys.executable, str(Path(__file__).resolve()), "--conv", args.conv, "--dtype", args.dtype,
+               "--width", str(args.width), "--batch-size", str(args.batch_size),
+               "--infer-batch-size", str(args.infer_batch_size), "--repeats", str(args.repeats), "--json"]
+    if args.compare:
+        command += ["--compare", args.compare]
+    print(f"bench.py: process {index + 1} of {count}", file=sys.stderr, flush=True)
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    lines = done.stdout.strip().splitlines()
+    try:
+        if done.returncode != 0 or not lines:
+            raise ValueError
+        return json.loads(lines[-1])
+    except ValueError:
+        raise SystemExit(f"bench.py: process {index + 1} of {count} failed (exit status {done.returncode}); "
+                         f"run it alone to see why: {' '.join(command)}")
+
+
+def median_over_processes(results: list) -> dict:
+    """Each number's median over the processes (a ratio's median is over the per-process ratios,
+    each measured side by side), with every process's main numbers under "per_process"."""
+    merged = {}
+    for key, value in results[0].items():
+        numbers = [r[key] for r in results if key in r]
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        merged[key] = statistics.median(numbers) if is_number and key not in ("batch_size", "infer_batch_size", "repeats") else value
+    merged["processes"] = len(results)
+    merged["per_process"] = [{k: r[k] for k in PER_PROCESS_KEYS if k in r} for r in results]
+    return merged
 
 
 if __name__ == "__main__":
