@@ -11,9 +11,9 @@ keeps a burst of outside load from landing on one side only, so the ratios are t
 trust. On this project's machines a whole process can also run fast or slow (tf-keras: train
 50-76, inference 190-297 img/s; the JAX bfloat16 train step 82-108 img/s), so one process is one
 sample: --processes N repeats the whole measurement in N fresh processes, one after another, lists
-every process's numbers and reports their medians. Compile times are given as wall and as CPU seconds (the XLA
-compiler is mostly single-threaded, so its CPU time is what it takes on an idle machine). Like the
-command-line tools, the run first sets glibc's allocator to reuse freed memory
+every process's numbers and reports their medians. Compile times are given as wall and as CPU
+seconds (the XLA compiler is mostly single-threaded, so its CPU time is what it takes on an idle
+machine). Like the command-line tools, the run first sets glibc's allocator to reuse freed memory
 (`signs_jax.allocator`; tf-keras shares the process and the setting) and adds the package's XLA
 CPU flags (`signs_jax.xla_flags`), both through `signs_jax.process.set_up_process`;
 SIGNS_JAX_MALLOC=default measures with glibc's defaults, and a flag set in XLA_FLAGS beforehand
@@ -237,13 +237,13 @@ def run_in_fresh_process(args, index: int, count: int) -> dict:
     print(f"bench.py: process {index + 1} of {count}", file=sys.stderr, flush=True)
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     lines = done.stdout.strip().splitlines()
-    try:
-        if done.returncode != 0 or not lines:
-            raise ValueError
-        return json.loads(lines[-1])
-    except ValueError:
-        raise SystemExit(f"bench.py: process {index + 1} of {count} failed (exit status {done.returncode}); "
-                         f"run it alone to see why: {' '.join(command)}")
+    if done.returncode == 0 and lines:
+        try:
+            return json.loads(lines[-1])
+        except ValueError:
+            pass
+    raise SystemExit(f"bench.py: process {index + 1} of {count} failed (exit status {done.returncode}); "
+                     f"run it alone to see why: {' '.join(command)}")
 
 
 def median_over_processes(results: list) -> dict:
@@ -251,9 +251,9 @@ def median_over_processes(results: list) -> dict:
     each measured side by side), with every process's main numbers under "per_process"."""
     merged = {}
     for key, value in results[0].items():
-        numbers = [r[key] for r in results if key in r]
-        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        merged[key] = statistics.median(numbers) if is_number and key not in ("batch_size", "infer_batch_size", "repeats") else value
+        values = [r[key] for r in results if key in r]
+        varies = any(v != value for v in values) and all(isinstance(v, (int, float)) for v in values)
+        merged[key] = statistics.median(values) if varies else value  # settings stay as they were
     merged["processes"] = len(results)
     merged["per_process"] = [{k: r[k] for k in PER_PROCESS_KEYS if k in r} for r in results]
     return merged

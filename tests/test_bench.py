@@ -44,12 +44,13 @@ def test_each_process_runs_the_same_measurement(monkeypatch, capsys):
     assert capsys.readouterr().out.strip().startswith("{")
 
 
-def test_a_failed_process_is_one_line_naming_it(monkeypatch):
-    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(command, 1, stdout=""))
+@pytest.mark.parametrize("status, stdout", [(1, ""), (0, "no JSON here\n")])
+def test_a_failed_process_is_one_line_naming_it(monkeypatch, status, stdout):
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(command, status, stdout=stdout))
     with pytest.raises(SystemExit) as failure:
         bench.main(["--processes", "2"])
     message = str(failure.value)
-    assert message.startswith("bench.py: process 1 of 2 failed (exit status 1)") and "\n" not in message
+    assert message.startswith(f"bench.py: process 1 of 2 failed (exit status {status})") and "\n" not in message
 
 
 def test_processes_must_be_positive(capsys):
