@@ -137,9 +137,9 @@ def measure(runners: dict, repeats: int, out: dict, min_warmup: int = 2, max_war
     fourth rounds, 1.5-3x its steady time), which two fixed warm-up rounds left in the timed ones.
     """
     times = {name: [] for name in runners}
-    warmup, faults = 0, []
-    while len(times[next(iter(runners))]) < repeats:
-        timed_round = warmup >= max_warmup or (warmup >= min_warmup and faults and faults[-1] <= FAULTS_AT_STEADY_STATE)
+    warmup, timed_rounds, faults = 0, 0, []
+    while timed_rounds < repeats:
+        timed_round = warmup >= max_warmup or (warmup >= min_warmup and faults[-1] <= FAULTS_AT_STEADY_STATE)
         before = minor_faults()
         for name, (call, _) in runners.items():
             time.sleep(PAUSE_S)
@@ -148,7 +148,9 @@ def measure(runners: dict, repeats: int, out: dict, min_warmup: int = 2, max_war
             if timed_round:
                 times[name].append(time.perf_counter() - t0)
         faults.append(minor_faults() - before)
-        if not timed_round:
+        if timed_round:
+            timed_rounds += 1
+        else:
             warmup += 1
     out["warmup_rounds"] = warmup
     out["page_faults_per_timed_round"] = statistics.median(faults[warmup:])

@@ -1,4 +1,5 @@
-"""The command-line tools make glibc reuse freed memory: a step's large temporaries stop costing page faults."""
+"""The command-line tools' process set-up (`signs_jax.process`): glibc reuses freed memory, so a step's
+large temporaries stop costing page faults, and XLA gets the package's CPU flags."""
 import os
 import platform
 import subprocess
