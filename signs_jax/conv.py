@@ -35,12 +35,6 @@ def resolve_padding(padding: Padding, spatial: Sequence[int], kernel: Sequence[i
     return [tuple(p) for p in padding]
 
 
-# Inputs with at most this many channels (conv1's RGB) build their patches in two steps, the kw
-# column views first and then kh row views of those: kh + kw views instead of kh * kw, each its
-# own kernel for XLA to compile (conv1: 14 instead of 49).
-THIN_INPUT_CHANNELS = 4
-
-
 def im2col(x, kernel_size: Sequence[int], strides: Sequence[int], pads) -> jax.Array:
     """(N, H, W, C) -> (N, out_h, out_w, kh*kw*C): the kernel-position-major patches of a conv.
 
@@ -55,15 +49,26 @@ def im2col(x, kernel_size: Sequence[int], strides: Sequence[int], pads) -> jax.A
 def concatenated_views(x, kernel_size: Sequence[int], strides: Sequence[int], spatial_axes, channel_axis: int):
     """The `shifted_views` of an already padded `x`, concatenated along `channel_axis` in (i, j, c) order.
 
-    A thin input (at most THIN_INPUT_CHANNELS) concatenates its kw column views first, then the kh
-    row views of those: the same array from kh + kw slices instead of kh * kw.
+    Built as (.., kh, kw, C, ..): the kw views of a kernel row concatenated along a new axis, the kh
+    rows along another, then merged into the channel axis by a reshape. XLA's CPU backend fuses a
+    concatenate only if it has at most 8 operands and is not along the minor axis. A flat
+    concatenation of kh*kw views along the channels is neither: XLA wrote out every view, copied
+    them into the concatenation and, for bfloat16, copied that once more (`move_bits`). Nested, the
+    patches are one loop fusion that writes them once: 1.07x bfloat16 and 1.01x float32 train step,
+    the same bits.
     """
-    (kh, kw), (sh, sw) = kernel_size, strides
-    if x.shape[channel_axis] <= THIN_INPUT_CHANNELS and kh > 1 and kw > 1:
-        x = jnp.concatenate(shifted_views(x, (1, kw), (1, sw), spatial_axes), axis=channel_axis)
-        kernel_size, strides = (kh, 1), (sh, 1)
+    kh, kw = kernel_size
     views = shifted_views(x, kernel_size, strides, spatial_axes)
-    return views[0] if len(views) == 1 else jnp.concatenate(views, axis=channel_axis)
+    if len(views) == 1:
+        return views[0]
+    new_axes = (channel_axis, channel_axis + 1)
+    rows = [
+        jnp.concatenate([jnp.expand_dims(view, new_axes) for view in views[i * kw:(i + 1) * kw]], axis=channel_axis + 1)
+        for i in range(kh)
+    ]
+    shape = list(views[0].shape)
+    shape[channel_axis] *= kh * kw
+    return jnp.concatenate(rows, axis=channel_axis).reshape(shape)
 
 
 def window_offsets(kernel_size: Sequence[int]):

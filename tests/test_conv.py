@@ -1,6 +1,7 @@
 """Every convolution implementation computes what lax.conv computes, values and gradients."""
 import functools
 import inspect
+import re
 
 import jax
 import jax.numpy as jnp
@@ -95,19 +96,40 @@ def test_inference_winograd_conv_equals_lax_conv(monkeypatch, kernel, stride, pa
         np.testing.assert_allclose(np.asarray(fast, np.float32), exact, atol=0.05, rtol=0.02)
 
 
-@pytest.mark.parametrize("kernel, stride, pads", [((7, 7), (2, 2), ((3, 3), (3, 3))), ((3, 5), (1, 2), ((0, 2), (1, 0))),
-                                                  ((4, 4), (3, 2), ((0, 0), (0, 0)))])
-def test_thin_inputs_build_the_same_patches_in_two_steps(monkeypatch, kernel, stride, pads):
-    x = jax.random.normal(jax.random.key(0), (2, 13, 11, 3))
-    two_steps = conv_module.im2col(x, kernel, stride, pads), conv_module.im2col_transposed(x, kernel, stride, pads)
-    monkeypatch.setattr(conv_module, "THIN_INPUT_CHANNELS", 0)
-    one_step = conv_module.im2col(x, kernel, stride, pads), conv_module.im2col_transposed(x, kernel, stride, pads)
-    for a, b in zip(two_steps, one_step):
-        np.testing.assert_array_equal(a, b)
-    np.testing.assert_array_equal(two_steps[1], one_step[0].reshape(-1, one_step[0].shape[-1]).T)
-    monkeypatch.undo()
-    slices = str(jax.make_jaxpr(lambda x: conv_module.im2col(x, kernel, stride, pads))(x)).count(" slice[")
-    assert slices == kernel[0] + kernel[1]  # kh + kw views, not kh * kw
+PATCH_CASES = [((7, 7), (2, 2), ((3, 3), (3, 3)), 3), ((3, 5), (1, 2), ((0, 2), (1, 0)), 4), ((4, 4), (3, 2), ((0, 0), (0, 0)), 3),
+               ((3, 3), (1, 1), ((1, 1), (1, 1)), 16)]
+
+
+def patches_view_by_view(x, kernel, stride, pads):
+    """im2col by its definition: entry (n, a, b, (i * kw + j) * C + c) is padded x[n, a * sh + i, b * sw + j, c]."""
+    (kh, kw), (sh, sw) = kernel, stride
+    x = np.pad(np.asarray(x), ((0, 0), *pads, (0, 0)))
+    n, h, w, c = x.shape
+    out = np.zeros((n, (h - kh) // sh + 1, (w - kw) // sw + 1, kh * kw * c), x.dtype)
+    for a in range(out.shape[1]):
+        for b in range(out.shape[2]):
+            out[:, a, b] = x[:, a * sh:a * sh + kh, b * sw:b * sw + kw].reshape(n, -1)
+    return out
+
+
+@pytest.mark.parametrize("kernel, stride, pads, channels", PATCH_CASES)
+def test_patches_and_their_transpose_are_im2col(kernel, stride, pads, channels):
+    x = jax.random.normal(jax.random.key(0), (2, 13, 11, channels))
+    expected = patches_view_by_view(x, kernel, stride, pads)
+    np.testing.assert_array_equal(conv_module.im2col(x, kernel, stride, pads), expected)
+    np.testing.assert_array_equal(conv_module.im2col_transposed(x, kernel, stride, pads), expected.reshape(-1, expected.shape[-1]).T)
+
+
+@pytest.mark.parametrize("build", [conv_module.im2col, conv_module.im2col_transposed])
+def test_bfloat16_patches_are_written_once(build):
+    """The patches come out of one XLA loop fusion: no array of their size is written before them (the
+    views, their concatenation, its uint16 bits) on the way to the bfloat16 result."""
+    x = jnp.ones((2, 9, 9, 16), jnp.bfloat16)
+    compiled = jax.jit(lambda x: conv_module.move_bits(build, x, (3, 3), (1, 1), ((1, 1), (1, 1)))).lower(x).compile()
+    hlo = compiled.as_text()
+    shapes = re.findall(r"^\s*(?:ROOT )?%\S+ = \w+\[([\d,]*)\]", hlo[hlo.index("ENTRY"):], re.MULTILINE)
+    sizes = [int(np.prod([int(d) for d in shape.split(",")])) for shape in shapes]
+    assert sizes.count(2 * 9 * 9 * 9 * 16) == 1, hlo[hlo.index("ENTRY"):]
 
 
 def test_the_model_takes_the_inference_conv_paths_in_inference_only():
