@@ -163,14 +163,17 @@ def main(argv=None):
     from signs_jax.models import CONV_IMPLEMENTATIONS, DEFAULT_CONV
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--conv", choices=sorted(CONV_IMPLEMENTATIONS), default=DEFAULT_CONV,
-                   help="convolution implementation (default: %(default)s, ResNet50's)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay float32)")
-    p.add_argument("--width", type=float, default=1.0, help="filter-count multiplier (1.0 = the full ResNet50)")
-    p.add_argument("--batch-size", type=int, default=32, help="train batch (default: %(default)s)")
-    p.add_argument("--infer-batch-size", type=int, default=120, help="inference batch (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds after warm-up, >= 5 (default: %(default)s)")
-    p.add_argument("--compare", choices=("keras",), help="also time tf-keras on the same model, interleaved in this run")
+    measurement = [  # the options that define one measurement: --processes passes them all to each process
+        p.add_argument("--conv", choices=sorted(CONV_IMPLEMENTATIONS), default=DEFAULT_CONV,
+                       help="convolution implementation (default: %(default)s, ResNet50's)"),
+        p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                       help="compute dtype (params stay float32)"),
+        p.add_argument("--width", type=float, default=1.0, help="filter-count multiplier (1.0 = the full ResNet50)"),
+        p.add_argument("--batch-size", type=int, default=32, help="train batch (default: %(default)s)"),
+        p.add_argument("--infer-batch-size", type=int, default=120, help="inference batch (default: %(default)s)"),
+        p.add_argument("--repeats", type=int, default=7, help="timed rounds after warm-up, >= 5 (default: %(default)s)"),
+        p.add_argument("--compare", choices=("keras",), help="also time tf-keras on the same model, interleaved in this run"),
+    ]
     p.add_argument("--processes", type=int, default=1,
                    help="repeat the measurement in this many fresh processes and report the medians (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -180,7 +183,8 @@ def main(argv=None):
     if args.processes < 1:
         p.error("--processes must be at least 1")
     if args.processes > 1:
-        result = median_over_processes([run_in_fresh_process(args, i, args.processes) for i in range(args.processes)])
+        command = measurement_command(args, measurement)
+        result = median_over_processes([run_in_fresh_process(command, i, args.processes) for i in range(args.processes)])
         return report(result, args.json)
 
     from signs_jax.process import set_up_process
@@ -234,15 +238,20 @@ PER_PROCESS_KEYS = ("train_vs_keras", "infer_vs_keras", "train_images_per_s", "i
                     "keras_train_images_per_s", "keras_infer_images_per_s", "train_compile_s", "eval_compile_s")
 
 
-def run_in_fresh_process(args, index: int, count: int) -> dict:
-    """One whole measurement (`--processes 1 --json`) in a new Python process; its JSON result."""
+def measurement_command(args, options) -> list:
+    """The command line of one measurement (`--processes 1 --json`) with `args`' values of `options`."""
+    command = [sys.executable, str(Path(__file__).resolve())]
+    for option in options:
+        value = getattr(args, option.dest)
+        if value is not None:
+            command += [option.option_strings[0], str(value)]
+    return command + ["--json"]
+
+
+def run_in_fresh_process(command: list, index: int, count: int) -> dict:
+    """One whole measurement in a new Python process; its JSON result."""
     import subprocess
 
-    command = [sys.executable, str(Path(__file__).resolve()), "--conv", args.conv, "--dtype", args.dtype,
-               "--width", str(args.width), "--batch-size", str(args.batch_size),
-               "--infer-batch-size", str(args.infer_batch_size), "--repeats", str(args.repeats), "--json"]
-    if args.compare:
-        command += ["--compare", args.compare]
     print(f"bench.py: process {index + 1} of {count}", file=sys.stderr, flush=True)
     done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     lines = done.stdout.strip().splitlines()

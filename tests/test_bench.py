@@ -38,10 +38,22 @@ def test_each_process_runs_the_same_measurement(monkeypatch, capsys):
     monkeypatch.setattr(subprocess, "run", fake_run)
     result = bench.main(["--dtype", "bfloat16", "--compare", "keras", "--repeats", "5", "--processes", "3", "--json"])
     assert len(commands) == 3 and all(c == commands[0] for c in commands)
-    assert "--processes" not in commands[0] and commands[0][-2:] == ["--compare", "keras"]
-    assert commands[0][commands[0].index("--dtype") + 1] == "bfloat16" and "--json" in commands[0]
+    assert "--processes" not in commands[0] and commands[0][-1] == "--json" and commands[0].count("--json") == 1
+    assert commands[0][commands[0].index("--dtype") + 1] == "bfloat16"
+    assert commands[0][commands[0].index("--compare") + 1] == "keras"
     assert result["train_images_per_s"] == 2 and result["processes"] == 3
     assert capsys.readouterr().out.strip().startswith("{")
+
+
+def test_every_measurement_option_reaches_each_process(monkeypatch):
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command)
+                        or subprocess.CompletedProcess(command, 0, stdout='{"train_images_per_s": 1}\n'))
+    given = {"--conv": "xla", "--dtype": "bfloat16", "--width": "0.5", "--batch-size": "8", "--infer-batch-size": "16",
+             "--repeats": "6", "--compare": "keras"}
+    bench.main([word for pair in given.items() for word in pair] + ["--proc", "2"])  # argparse takes a prefix
+    assert len(commands) == 2
+    assert {word: commands[0][commands[0].index(word) + 1] for word in given} == given
 
 
 @pytest.mark.parametrize("status, stdout", [(1, ""), (0, "no JSON here\n")])
