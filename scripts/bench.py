@@ -8,10 +8,11 @@ peak, and tf-keras's train_on_batch / predict_on_batch with --compare keras) is 
 round costs no more page faults (the heap is steady), then run round-robin, one call each per
 round, and reported as the median over --repeats rounds. The machine may be shared: interleaving
 keeps a burst of outside load from landing on one side only, so the ratios are the numbers to
-trust. On this project's machines a whole process can also run fast or slow (tf-keras: train
-50-76, inference 190-297 img/s; the JAX bfloat16 train step 82-108 img/s), so one process is one
-sample: --processes N repeats the whole measurement in N fresh processes, one after another, lists
-every process's numbers and reports their medians. Compile times are given as wall and as CPU
+trust. On this project's machines a whole process can also run fast or slow (both tf-keras and
+the JAX step; docs/performance.md has the spreads measured), so one process is one sample:
+--processes N repeats the whole measurement in N fresh processes, one after another, lists every
+process's numbers and reports their medians. The timed calls run with Python's cyclic garbage
+collector blind to the set-up's objects (see `measure`). Compile times are given as wall and as CPU
 seconds (the XLA compiler is mostly single-threaded, so its CPU time is what it takes on an idle
 machine). Like the command-line tools, the run first sets glibc's allocator to reuse freed memory
 (`signs_jax.allocator`; tf-keras shares the process and the setting) and adds the package's XLA
@@ -136,7 +137,21 @@ def measure(runners: dict, repeats: int, out: dict, min_warmup: int = 2, max_war
     train step allocates its temporaries afresh on every call, and with tf-keras in the process
     the heap kept growing for 3-5 rounds (60,000-80,000 faults in a train call in the third and
     fourth rounds, 1.5-3x its steady time), which two fixed warm-up rounds left in the timed ones.
+
+    The calls run with the objects that exist beforehand frozen out of Python's cyclic collector:
+    a full collection rescans every long-lived object, and with tf-keras loaded (~600,000 objects)
+    one took 430 ms of the main thread inside whichever call triggered it, mostly the JAX train
+    step (its state pytree allocates the most Python objects). The collector still runs.
     """
+    gc.collect()
+    gc.freeze()
+    try:
+        return _measure(runners, repeats, out, min_warmup, max_warmup)
+    finally:
+        gc.unfreeze()
+
+
+def _measure(runners: dict, repeats: int, out: dict, min_warmup: int, max_warmup: int) -> dict:
     times = {name: [] for name in runners}
     warmup, timed_rounds, faults = 0, 0, []
     while timed_rounds < repeats:
@@ -197,12 +212,6 @@ def main(argv=None):
     runners = jax_runners(args, result)
     if args.compare == "keras":
         runners.update(keras_runners(args, result))
-    # Python's cyclic collector rescans every long-lived object on a full collection: with tf-keras
-    # loaded (~600,000 objects) one took 430 ms of the main thread, inside whichever timed call
-    # triggered it, mostly the JAX train step (its state pytree allocates the most Python objects).
-    # Frozen, the set-up's objects are no longer rescanned; the collector still runs.
-    gc.collect()
-    gc.freeze()
     medians = measure(runners, args.repeats, result)
     for name, seconds in medians.items():
         images, flops = runners[name][1]

@@ -85,3 +85,14 @@ def test_warm_up_lasts_until_a_round_costs_no_page_faults(monkeypatch, faults_pe
     out = {}
     bench.measure({"train": (call, (32, 0.0))}, repeats=5, out=out)
     assert out["warmup_rounds"] == warmup and counter["round"] == warmup + 5
+
+
+def test_the_timed_calls_run_with_the_set_up_objects_frozen(monkeypatch):
+    import gc
+
+    frozen_during_calls = []
+    monkeypatch.setattr(bench, "PAUSE_S", 0.0)
+    monkeypatch.setattr(bench, "minor_faults", lambda: 0)
+    bench.measure({"train": (lambda: frozen_during_calls.append(gc.get_freeze_count()), (32, 0.0))}, repeats=5, out={})
+    assert len(frozen_during_calls) == 7 and min(frozen_during_calls) > 0  # 2 warm-up rounds, 5 timed
+    assert gc.get_freeze_count() == 0  # and nothing stays frozen afterwards
