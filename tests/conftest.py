@@ -2,7 +2,6 @@
 
 XLA compiles dominate the suite's time, so compiled functions are built once per session and reused.
 """
-import functools
 import os
 from pathlib import Path
 
@@ -17,16 +16,16 @@ import h5py  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import FIXTURES, KERAS_FILES, ROOT  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
 os.environ.setdefault("SIGNS_DATA_DIR", str(ROOT.parent / "shared" / "datasets" / "signs"))
 
-KERAS_FILES = {
-    "keras2_model": FIXTURES / "resnet50_w8_keras2_model.h5",
-    "keras2_weights": FIXTURES / "resnet50_w8_keras2_weights.h5",
-    "keras3_legacy": FIXTURES / "resnet50_w8_keras3_legacy.h5",
-}
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Compiled executables go to a cache of this test run, never to the user's ~/.cache."""
+    monkeypatch.setenv("SIGNS_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "jax_cache"))
 
 
 @pytest.fixture(scope="session")

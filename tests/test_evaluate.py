@@ -6,16 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import KERAS_FILES, ROOT
+from helpers import KERAS_MODEL, ROOT, TINY
 from signs_jax import evaluate, predict, train
 
-KERAS_MODEL = str(KERAS_FILES["keras2_model"])
-TINY = ["--width", "0.0625", "--stage-sizes", "1,1,1,1", "--batch-size", "16", "--no-progress", "--eval-batch-size", "40"]
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SIGNS_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "jax_cache"))
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import signs_jax
-from conftest import KERAS_FILES, ROOT
+from helpers import KERAS_FILES, ROOT
 from signs_jax import KerasH5Error
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import signs_jax
-from conftest import KERAS_FILES
+from helpers import KERAS_FILES
 
 TOLERANCE = 1e-5
 

@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
-from test_train import TINY, final_params, metrics_of, run_train
+from helpers import ROOT, TINY, final_params, metrics_of, run_train
 
 # Ten steps at a tenth of the default learning rate. A tiny network at a high learning rate is
 # chaotic: float rounding of different reduction orders (one device vs a sharded batch) grows step

@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import KERAS_FILES, ROOT
+from helpers import KERAS_MODEL, ROOT, json_lines
 from signs_jax import predict
 
-KERAS_MODEL = str(KERAS_FILES["keras2_model"])
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("SIGNS_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "jax_cache"))
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +30,6 @@ def test_pngs(keras_expected, data_dir, tmp_path_factory):
         paths.append(out / f"{i:02d}.png")
         Image.fromarray(image).save(paths[-1])
     return paths
-
-
-def json_lines(text):
-    return [json.loads(line) for line in text.strip().splitlines()]
 
 
 def test_predict_reproduces_keras_probabilities(test_pngs, keras_expected, capsys):

@@ -9,42 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT
-from signs_jax import train
-from signs_jax.checkpoints import restore_variables
-
-TINY = ["--width", "0.0625", "--stage-sizes", "1,1,1,1", "--batch-size", "16", "--no-progress", "--eval-batch-size", "40"]
-
-
-def run_train(*args):
-    return train.main([str(a) for a in args])
-
-
-def metrics_of(run_dir: Path):
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("seconds", "train_images_per_s")} for r in records]
-
-
-def final_params(run_dir: Path):
-    _, variables, _ = restore_variables(run_dir, step=max(int(p.name) for p in (run_dir / "ckpt").iterdir() if p.name.isdigit()))
-    return variables
-
-
-def assert_bitwise_equal(a, b):
-    import jax
-
-    flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
-    assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
-    for (path, x), (_, y) in zip(flat_a, flat_b):
-        assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)
-
+from helpers import ROOT, TINY, assert_bitwise_equal, error_line, final_params, metrics_of, run_train
 
 @pytest.fixture(scope="module")
 def reference_run(small_signs, tmp_path_factory):
@@ -125,13 +96,6 @@ def test_nan_loss_stops_with_a_clear_message(small_signs, tmp_path, capsys):
 # ------------------------------------------------------------------------------------ bad inputs
 
 
-def error_line(capsys, *args) -> str:
-    assert run_train(*args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
-
-
 def test_missing_data_says_what_and_where(tmp_path, capsys):
     line = error_line(capsys, "--data-dir", tmp_path / "nowhere", "--workdir", tmp_path / "w", *TINY)
     assert "train_signs.h5" in line and "SIGNS_DATA_DIR" in line and "nowhere" in line
@@ -209,7 +173,7 @@ def test_empty_image_folder(tmp_path, capsys):
 
 
 def test_init_from_keras_h5_replaces_a_head_of_another_class_count(data_dir, tmp_path, capsys):
-    from conftest import KERAS_FILES
+    from helpers import KERAS_FILES
 
     _jpeg_folders(tmp_path / "data", data_dir, classes=(1, 3), size=(64, 64))
     code = run_train("--data-dir", tmp_path / "data", "--workdir", tmp_path / "w", "--run", "tl", "--epochs", 1,

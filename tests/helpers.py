@@ -1,0 +1,59 @@
+"""Helpers the test modules share: paths, the tiny model's flags, and how to call and read the tools."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+KERAS_FILES = {
+    "keras2_model": FIXTURES / "resnet50_w8_keras2_model.h5",
+    "keras2_weights": FIXTURES / "resnet50_w8_keras2_weights.h5",
+    "keras3_legacy": FIXTURES / "resnet50_w8_keras3_legacy.h5",
+}
+KERAS_MODEL = str(KERAS_FILES["keras2_model"])
+
+# The narrowest, shallowest ResNet50 variant that still has every kind of block: training tests use it.
+TINY = ["--width", "0.0625", "--stage-sizes", "1,1,1,1", "--batch-size", "16", "--no-progress", "--eval-batch-size", "40"]
+
+
+def run_train(*args) -> int:
+    from signs_jax import train
+
+    return train.main([str(a) for a in args])
+
+
+def metrics_of(run_dir: Path):
+    """A run's metrics.jsonl without the timing fields (which differ between equal runs)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "train_images_per_s")} for r in records]
+
+
+def final_params(run_dir: Path):
+    """The variables of a run's newest checkpoint."""
+    from signs_jax.checkpoints import restore_variables
+
+    newest = max(int(p.name) for p in (run_dir / "ckpt").iterdir() if p.name.isdigit())
+    _, variables, _ = restore_variables(run_dir, step=newest)
+    return variables
+
+
+def assert_bitwise_equal(a, b):
+    import jax
+
+    flat_a, flat_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+    assert [p for p, _ in flat_a] == [p for p, _ in flat_b]
+    for (path, x), (_, y) in zip(flat_a, flat_b):
+        assert np.array_equal(np.asarray(x), np.asarray(y)), jax.tree_util.keystr(path)
+
+
+def error_line(capsys, *args) -> str:
+    """Run train with `args`, expect exit status 2 and exactly one line on stderr; return that line."""
+    assert run_train(*args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.strip().splitlines()]
