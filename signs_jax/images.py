@@ -5,9 +5,9 @@ exactly for RGB and greyscale files (Keras ignores EXIF, converts with `convert(
 with PIL's NEAREST), but keeps one source pixel in (scale x scale) and so aliases noise and fine
 detail of a large photo. The default, `lanczos`, is PIL's antialiased Lanczos (its support grows
 with the reduction); a large JPEG is first decoded at 1/2, 1/4 or 1/8 scale by libjpeg (DCT scaling)
-down to no less than DRAFT_FACTOR times the target, which reads a 9 MP photo about 4x faster (106 -> 24 ms)
-at about the same result. `scripts/compare_interpolation.py` measured lanczos closest to the original
-64x64 pixels on synthetic large photos (README, Predict).
+down to no less than DRAFT_FACTOR times the target, which reads a large photo several times faster at
+about the same result. `scripts/compare_interpolation.py` measured lanczos closest to the original
+64x64 pixels on synthetic large photos (docs/interpolation.md).
 
 numpy and Pillow are imported inside the functions so that `--help` stays fast.
 """

@@ -35,7 +35,7 @@ RECIPES = {
     # The course notebook: model.compile(optimizer='adam', loss='categorical_crossentropy'),
     # model.fit(X_train, Y_train, epochs=2, batch_size=32), L2 0.01 on conv1 and fc kernels.
     "original": Recipe(epochs=2, batch_size=32, lr=1e-3, optimizer="adam", l2=0.01),
-    # Measured best within a few CPU minutes: see README "Training recipes".
+    # Measured best within a few CPU minutes: see docs/recipes.md.
     "default": Recipe(
         epochs=15,
         batch_size=32,
