@@ -1,4 +1,5 @@
-"""Shared fixtures: the real SIGNS data, the real-Keras parity fixtures, and compiled functions.
+"""Shared fixtures: the real SIGNS data ($SIGNS_DATA_DIR, else the copy inside the package), the real-Keras
+parity fixtures, and compiled functions.
 
 XLA compiles dominate the suite's time, so compiled functions are built once per session and reused.
 """
@@ -18,9 +19,10 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from signs_jax.data import PACKAGED_SIGNS, is_packaged, verify_packaged  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-os.environ.setdefault("SIGNS_DATA_DIR", str(ROOT.parent / "shared" / "datasets" / "signs"))
 
 KERAS_FILES = {
     "keras2_model": FIXTURES / "resnet50_w8_keras2_model.h5",
@@ -31,9 +33,11 @@ KERAS_FILES = {
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    path = Path(os.environ["SIGNS_DATA_DIR"])
+    path = Path(os.environ.get("SIGNS_DATA_DIR") or PACKAGED_SIGNS)
     if not (path / "test_signs.h5").exists():
-        pytest.fail(f"SIGNS data not found in {path}: set SIGNS_DATA_DIR to the folder holding test_signs.h5")
+        pytest.fail(f"SIGNS data not found in {path}: set SIGNS_DATA_DIR to the folder holding test_signs.h5, or unset it")
+    if is_packaged(path):
+        verify_packaged()
     return path
 
 
