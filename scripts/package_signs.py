@@ -47,7 +47,7 @@ def package(source: Path, target: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("source", type=Path, help="folder holding train_signs.h5 and test_signs.h5 (course layout)")
-    p.add_argument("--out", type=Path, default=OUT, help="where to write the packaged pair (default: signs_jax/dataset)")
+    p.add_argument("--out", type=Path, default=OUT, help="where to write the pair (default: signs_jax/dataset)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:

@@ -35,7 +35,8 @@ KERAS_FILES = {
 def data_dir() -> Path:
     path = Path(os.environ.get("SIGNS_DATA_DIR") or PACKAGED_SIGNS)
     if not (path / "test_signs.h5").exists():
-        pytest.fail(f"SIGNS data not found in {path}: set SIGNS_DATA_DIR to the folder holding test_signs.h5, or unset it")
+        pytest.fail(f"SIGNS data not found in {path}: set SIGNS_DATA_DIR to the folder holding test_signs.h5 "
+                    "(or unset it for the copy inside the package)")
     if is_packaged(path):
         verify_packaged()
     return path
