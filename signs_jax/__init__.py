@@ -22,6 +22,8 @@ _EXPORTS = {
     "load_image": "images",
     "ImageError": "images",
     "load_weights": "weights",
+    "load_signs": "data",
+    "load_dataset": "data",
     "enable_compilation_cache": "cache",
 }
 

@@ -1,5 +1,4 @@
 """Configuration in one place: the architecture of the original Keras ResNet50 and project defaults."""
-import os
 from pathlib import Path
 
 # The original model: (blocks, [F1, F2, F3]) for stages 2..5, stride 1 on stage 2 and 2 on the others.
@@ -16,8 +15,6 @@ NUM_CLASSES = 6
 INPUT_SHAPE = (64, 64, 3)
 CLASS_NAMES = ("0", "1", "2", "3", "4", "5")
 
-DATA_DIR_ENV = "SIGNS_DATA_DIR"
-DEFAULT_DATA_DIR = Path("datasets")
 DEFAULT_WORKDIR = Path("checkpoints")
 
 
@@ -25,11 +22,3 @@ def scaled(filters: int, width: float) -> int:
     """Filter count of a width-scaled variant (never below one filter)."""
     return max(1, int(round(filters * width)))
 
-
-def data_dir(cli_value=None) -> Path:
-    """Where the SIGNS files are: --data-dir, then $SIGNS_DATA_DIR, then ./datasets."""
-    if cli_value:
-        return Path(cli_value)
-    if os.environ.get(DATA_DIR_ENV):
-        return Path(os.environ[DATA_DIR_ENV])
-    return DEFAULT_DATA_DIR

@@ -1,7 +1,9 @@
 """SIGNS data in memory: the course h5 pair or image folders, seeded batches, and a near-duplicate audit.
 
 Images are kept as uint8 (N, H, W, 3) and scaled to [0, 1] on the device, as the original divides by 255.
+A copy of SIGNS ships inside the package (`PACKAGED_SIGNS`, loaded by `load_signs()`).
 """
+import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -12,6 +14,16 @@ import numpy as np
 from . import config
 from .errors import UserError
 from .images import IMAGE_SUFFIXES, ImageError, decode_image
+
+# The SIGNS h5 pair shipped inside the package (see its README.md), and the sha256 of each file as
+# scripts/package_signs.py wrote it: loading the packaged copy checks them, so a damaged install is
+# reported instead of training on whatever the damage left.
+PACKAGED_SIGNS = Path(__file__).resolve().parent / "dataset"
+PACKAGED_SHA256 = {
+    "train_signs.h5": "2c6d1fe599b300eb684a388ccae5e9e3af556b59387d593e4e7b396103e0b0d1",
+    "test_signs.h5": "e190d777850b5a4371c361f3fea78bb3eb443795c56c627898968c80b84e8b4b",
+}
+PACKAGED_SOURCE = "packaged SIGNS"
 
 H5_FILES = {"train": ("train_signs.h5", "train_set_x", "train_set_y"), "test": ("test_signs.h5", "test_set_x", "test_set_y")}
 FLAT_LABEL = re.compile(r"^(\d+)_")
@@ -50,19 +62,61 @@ class Dataset(NamedTuple):
         return tuple(self.train.images.shape[1:])
 
 
-def missing_data_message(directory: Path) -> str:
-    return (
-        f"SIGNS data not found in {directory}: expected train_signs.h5 and test_signs.h5 (or image folders "
-        f"train*/ and test*/); looked in --data-dir, then ${config.DATA_DIR_ENV}, then ./{config.DEFAULT_DATA_DIR}"
-    )
+def holds_data(directory) -> bool:
+    """Whether `directory` looks like a data set: an h5 file of the pair, or train*/ and test*/ image folders."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return False
+    if any((directory / filename).exists() for filename, _, _ in H5_FILES.values()):
+        return True
+    folders = [p.name.lower() for p in directory.iterdir() if p.is_dir()]
+    return any(n.startswith("train") for n in folders) and any(n.startswith("test") for n in folders)
+
+
+def missing_data_message(directory, given_by: str = "") -> str:
+    """One line: `directory` (named by `given_by`, e.g. "--data-dir") holds no data set."""
+    where = f"{given_by} {directory}" if given_by else str(directory)
+    return (f"{where}: no SIGNS data there (expected train_signs.h5 and test_signs.h5, "
+            "or image folders train*/ and test*/)")
+
+
+def is_packaged(directory) -> bool:
+    return Path(directory).resolve() == Path(PACKAGED_SIGNS).resolve()
+
+
+def verify_packaged(directory=None, checksums=None) -> None:
+    """Check the packaged h5 pair against the sha256s it was shipped with; a difference is one UserError line."""
+    directory = Path(PACKAGED_SIGNS if directory is None else directory)
+    for filename, expected in (PACKAGED_SHA256 if checksums is None else checksums).items():
+        path = directory / filename
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as err:
+            raise UserError(f"{path}: the packaged SIGNS file is missing or unreadable ({err.strerror or err}); "
+                            "reinstall signs_jax") from None
+        if digest != expected:
+            raise UserError(f"{path}: the packaged SIGNS file is damaged (its sha256 is not the one it was shipped "
+                            "with); reinstall signs_jax")
+
+
+def load_signs() -> Dataset:
+    """The SIGNS copy shipped inside the package, checksum-verified: 1080 train / 120 test images, 6 classes."""
+    return load_dataset(PACKAGED_SIGNS)
 
 
 def load_dataset(directory, image_size: Optional[Tuple[int, int]] = None) -> Dataset:
-    """The SIGNS h5 pair in `directory`, or image folders `train*/` and `test*/` (optional `val*/`) in it."""
+    """The SIGNS h5 pair in `directory`, or image folders `train*/` and `test*/` (optional `val*/`) in it.
+
+    `image_size` resizes image folders (default: the first training image's size); h5 images stay as stored.
+    The packaged copy (`PACKAGED_SIGNS`) is checksum-verified first.
+    """
     directory = Path(directory)
+    if is_packaged(directory):
+        verify_packaged(directory)
+        return load_signs_h5(directory)._replace(source=f"{PACKAGED_SOURCE} (h5)")
     if not directory.is_dir():
         raise UserError(missing_data_message(directory))
-    if (directory / H5_FILES["train"][0]).exists() or (directory / H5_FILES["test"][0]).exists():
+    if any((directory / filename).exists() for filename, _, _ in H5_FILES.values()):
         return load_signs_h5(directory)
     folders = {p.name.lower(): p for p in directory.iterdir() if p.is_dir()}
     train = [p for n, p in sorted(folders.items()) if n.startswith("train")]

@@ -4,7 +4,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import config
+from . import cli, config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
     p.add_argument("--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)")
-    p.add_argument("--data-dir", help=f"SIGNS h5 pair or image folders (default: ${config.DATA_DIR_ENV}, then ./datasets)")
+    p.add_argument("--data-dir", help="SIGNS h5 pair or image folders (default for a run: the data it was trained on; "
+                   f"for a Keras .h5: {cli.DATA_DIR_DEFAULTS})")
     p.add_argument("--batch-size", type=int, default=120)
     p.add_argument("--confusion-png", metavar="PATH",
                    help="confusion matrix picture (default: confusion.png in the run directory, or in the current "
@@ -65,6 +66,20 @@ def plot_confusion(matrix, names, path: Path) -> Path:
     return Path(path)
 
 
+def _data_dir(cli_value, run_dir):
+    """--data-dir; else a run's own data (as its config.json records it); else, for a Keras .h5, the default.
+
+    $SIGNS_DATA_DIR does not replace a run's own data: it is a standing default for new runs, often exported
+    once per shell, and letting it swap a run's test set would report scores on other data (other near-copies,
+    perhaps other classes) without the user having asked for that in this command.
+    """
+    if cli_value or run_dir is None:
+        return cli.data_dir(cli_value)
+    from .checkpoints import read_config
+
+    return cli.recorded_data_dir(read_config(run_dir), run_dir, hint=" (pass --data-dir to evaluate on other data)")
+
+
 def run(args) -> int:
     import logging
 
@@ -82,7 +97,7 @@ def run(args) -> int:
         raise UserError("--batch-size must be at least 1")
     weights = load_weights(args.weights, args.workdir)
     model = weights.model
-    data_dir = config.data_dir(args.data_dir)
+    data_dir = _data_dir(args.data_dir, weights.run_dir)
     dataset = load_dataset(data_dir, tuple(model.input_shape[:2]))
     if dataset.num_classes != model.num_classes:
         raise UserError(f"{data_dir}: {dataset.num_classes} classes, but the model has {model.num_classes}")

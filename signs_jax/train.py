@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from . import config
+from . import cli, config
 from .errors import UserError
 from .recipes import RECIPES, Recipe
 
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seed for init, batch order and augmentation (default: 0)")
-    p.add_argument("--data-dir", help=f"SIGNS h5 pair or image folders (default: ${config.DATA_DIR_ENV}, then ./datasets)")
+    p.add_argument("--data-dir", help=cli.DATA_DIR_HELP + "; a resumed run reads the data it was trained on")
     p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this stratified fraction of train for validation")
     p.add_argument("--workdir", default=str(config.DEFAULT_WORKDIR), help="where runs are written (default: %(default)s)")
     p.add_argument("--run", help="run name (default: <recipe>-seed<seed>-<time>); with --resume: the run to continue")
@@ -95,7 +95,7 @@ def _new_config(args, dataset) -> Dict[str, Any]:
         "recipe": dataclasses.asdict(recipe),
         "seed": args.seed,
         "val_fraction": args.val_fraction,
-        "data_dir": str(config.data_dir(args.data_dir)),
+        **cli.data_record(cli.data_dir(args.data_dir)),
         "image_size": list(args.image_size) if args.image_size else None,
         "init_from": args.init_from,
         "eval_batch_size": args.eval_batch_size,
@@ -294,7 +294,7 @@ def _setup(args) -> _Job:
             cfg["recipe"]["epochs"] = args.epochs
     else:
         cfg = None
-    data_dir = Path(cfg["data_dir"]) if cfg else config.data_dir(args.data_dir)
+    data_dir = cli.recorded_data_dir(cfg, run_dir) if cfg else cli.data_dir(args.data_dir)
     image_size = tuple(cfg["image_size"]) if cfg and cfg.get("image_size") else (tuple(args.image_size) if args.image_size else None)
     dataset = load_dataset(data_dir, image_size)
     if cfg is None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real SIGNS data, the real-Keras parity fixtures, and compiled functions.
+"""Shared fixtures: the real SIGNS data ($SIGNS_DATA_DIR, else the copy inside the package), the real-Keras
+parity fixtures, and compiled functions.
 
 XLA compiles dominate the suite's time, so compiled functions are built once per session and reused.
 """
@@ -16,10 +17,8 @@ import h5py  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from helpers import FIXTURES, KERAS_FILES, ROOT  # noqa: E402
-
-
-os.environ.setdefault("SIGNS_DATA_DIR", str(ROOT.parent / "shared" / "datasets" / "signs"))
+from helpers import FIXTURES, KERAS_FILES  # noqa: E402
+from signs_jax.data import PACKAGED_SIGNS, is_packaged, verify_packaged  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -30,9 +29,12 @@ def private_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    path = Path(os.environ["SIGNS_DATA_DIR"])
+    path = Path(os.environ.get("SIGNS_DATA_DIR") or PACKAGED_SIGNS)
     if not (path / "test_signs.h5").exists():
-        pytest.fail(f"SIGNS data not found in {path}: set SIGNS_DATA_DIR to the folder holding test_signs.h5")
+        pytest.fail(f"SIGNS data not found in {path}: set SIGNS_DATA_DIR to the folder holding test_signs.h5 "
+                    "(or unset it for the copy inside the package)")
+    if is_packaged(path):
+        verify_packaged()
     return path
 
 
