@@ -1,6 +1,6 @@
 """Acceptance check with a full-size Keras ResNet50.h5 trained by real Keras (dev only; needs tf-keras).
 
-    SIGNS_DATA_DIR=../shared/datasets/signs python scripts/check_full_keras_model.py --out /tmp/ResNet50.h5
+    python scripts/check_full_keras_model.py --out /tmp/ResNet50.h5
 
 Trains the original model with the course recipe (Adam, batch 32, 2 epochs by default) in tf-keras,
 saves it with `model.save("ResNet50.h5")`, then loads the file with signs_jax and compares both
@@ -17,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras_reference  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from signs_jax.cli import DATA_DIR_HELP, data_dir  # noqa: E402
 
 
 def load_split(data_dir, split):
@@ -26,7 +27,7 @@ def load_split(data_dir, split):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("SIGNS_DATA_DIR", "datasets"))
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--out", type=Path, default=Path("/tmp/ResNet50.h5"))
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--reuse", action="store_true", help="compare an existing --out file instead of training")
@@ -36,8 +37,9 @@ def main():
 
     import tf_keras as keras
 
-    x_train, y_train = load_split(args.data_dir, "train")
-    x_test, y_test = load_split(args.data_dir, "test")
+    signs = data_dir(args.data_dir)
+    x_train, y_train = load_split(signs, "train")
+    x_test, y_test = load_split(signs, "test")
     if args.reuse and args.out.exists():
         model = keras.models.load_model(args.out)
     else:

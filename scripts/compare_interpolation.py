@@ -1,6 +1,6 @@
 """Which resize filter brings a large photo closest to the 64x64 training pixels? (picks predict's default)
 
-    python scripts/compare_interpolation.py [--data-dir ../shared/datasets/signs] [--scale 24] [--weights RUN_OR_H5]
+    python scripts/compare_interpolation.py [--data-dir DIR] [--scale 24] [--weights RUN_OR_H5]
 
 Synthetic large photos: each SIGNS test image is enlarged `--scale` times (`--enlarge`, bicubic), given sensor
 noise (Gaussian, sigma `--noise` grey levels per full-size pixel) and saved as a JPEG (quality 92),
@@ -21,6 +21,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from signs_jax.images import load_image  # noqa: E402
+from signs_jax.cli import DATA_DIR_HELP, data_dir  # noqa: E402
 
 METHODS = [  # (label, interpolation, JPEG draft decoding)
     ("nearest (Keras load_img)", "nearest", False),
@@ -42,7 +43,7 @@ def enlarge(image: np.ndarray, scale: int, noise: float, rng, filter="bicubic") 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", default=os.environ.get("SIGNS_DATA_DIR", "datasets"))
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--scale", type=int, default=24, help="enlargement of the synthetic photos (64 -> 64*scale pixels)")
     p.add_argument("--noise", type=float, default=12.0)
     p.add_argument("--images", type=int, default=120)
@@ -51,7 +52,7 @@ def main():
     p.add_argument("--weights", help="also report accuracy with this model (run directory or Keras .h5)")
     args = p.parse_args()
 
-    with h5py.File(Path(args.data_dir) / "test_signs.h5", "r") as f:
+    with h5py.File(Path(data_dir(args.data_dir)) / "test_signs.h5", "r") as f:
         originals = np.asarray(f["test_set_x"])[: args.images]
         labels = np.asarray(f["test_set_y"])[: args.images]
     rng = np.random.default_rng(0)

@@ -2,7 +2,7 @@
 
 Dev-only (needs tf-keras and TensorFlow: `pip install -e ".[keras]"`); CI only reads its output.
 
-    SIGNS_DATA_DIR=../shared/datasets/signs python scripts/make_keras_fixtures.py
+    python scripts/make_keras_fixtures.py
 
 Builds the original ResNet50 at width 1/8 with tf-keras, sets every weight (BatchNorm moving
 statistics included) to seeded random values, and writes:
@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras_reference  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from signs_jax.cli import DATA_DIR_HELP, data_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH = 0.125
@@ -102,7 +103,7 @@ np.save(dst + ".probs.npy", model.predict(x, verbose=0))
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=os.environ.get("SIGNS_DATA_DIR", "datasets"))
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     parser.add_argument("--out", default=ROOT / "tests" / "fixtures", type=Path)
     args = parser.parse_args()
     out = args.out
@@ -113,7 +114,7 @@ def main():
 
     tf.random.set_seed(SEED)
     rng = np.random.default_rng(SEED)
-    idx, images = signs_test_images(args.data_dir)
+    idx, images = signs_test_images(data_dir(args.data_dir))
 
     model = keras_reference.ResNet50(classes=6, width=WIDTH)
     features = keras.Model(model.input, model.layers[-2].output)
