@@ -7,7 +7,6 @@ saves it with `model.save("ResNet50.h5")`, then loads the file with signs_jax an
 frameworks' probabilities on all 120 SIGNS test images. The .h5 (about 270 MB) stays out of the repo.
 """
 import argparse
-import os
 import sys
 import time
 from pathlib import Path

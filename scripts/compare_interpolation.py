@@ -9,7 +9,6 @@ like a phone photo of the same scene. Each filter then shrinks it back to 64x64 
 decode+resize time of one 3024x3024 JPEG, and, with --weights, the accuracy on the shrunk images.
 """
 import argparse
-import os
 import sys
 import tempfile
 import time
