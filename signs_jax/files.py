@@ -114,8 +114,8 @@ def atomic_path(path, suffix: Optional[str] = None) -> Iterator[Path]:
     path = Path(path)
     folder = path.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + (suffix if suffix is not None else path.suffix),
-                                   dir=folder)
+        suffix = ".tmp" + (suffix if suffix is not None else path.suffix)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
     except OSError as err:
         raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
     os.close(fd)

@@ -171,7 +171,8 @@ def run(args) -> int:
             else:
                 top = "  " + ", ".join(f"{names[i]}:{probs[i]:.3f}" for i in order[:k]) if k > 1 else ""
                 cells = " ".join(f"{p:{max(7, len(n) + 3)}.4f}" for n, p in zip(names, probs))
-                bar.write(f"{str(path):{path_width}s} {best:>{width}s} {probs[order[0]]:6.3f}  {cells}{top}", file=sys.stdout)
+                bar.write(f"{str(path):{path_width}s} {best:>{width}s} {probs[order[0]]:6.3f}  {cells}{top}",
+                          file=sys.stdout)
             if csv_rows is not None:
                 csv_rows.append([str(path), best, f"{probs[order[0]]:.6f}", *[f"{p:.6f}" for p in probs]])
     if csv_rows is not None:  # only a finished run replaces an existing CSV

@@ -111,7 +111,8 @@ def validate_args(args) -> None:
     if args.process_id is not None and not 0 <= args.process_id < (args.num_processes or args.process_id + 1):
         raise UserError(f"--process-id {args.process_id}: must be between 0 and --num-processes - 1")
     if args.init_from and not Path(args.init_from).exists():
-        raise UserError(f"{args.init_from}: no such file or directory (--init-from takes a Keras .h5 or a run directory)")
+        raise UserError(f"{args.init_from}: no such file or directory "
+                        "(--init-from takes a Keras .h5 or a run directory)")
     if args.run is not None and (not args.run or args.run in (".", "..") or "/" in args.run or "\0" in args.run):
         raise UserError(f"--run {args.run!r}: a run name is one folder name (no '/')")
 
@@ -196,7 +197,8 @@ class RunDirectory:
         return self.path
 
     def _check_free(self, has_checkpoint) -> None:
-        """A new run's directory may be missing, empty, or an incomplete start (config, no checkpoint) to start again."""
+        """A new run's directory may be missing, empty, or an incomplete start (config, no checkpoint) to start
+        again."""
         path = self.path
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             raise UserError(f"{path}: exists and is not a run directory; choose another --run")

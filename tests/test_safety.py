@@ -50,7 +50,8 @@ def photo(tmp_path):
 
 @pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink"])
 def test_predict_refuses_a_csv_that_is_an_input(photo, spelling, capsys):
-    target = {"same": photo, "dotdot": photo.parent / "x" / ".." / photo.name, "symlink": photo.parent / "link.csv"}[spelling]
+    target = {"same": photo, "dotdot": photo.parent / "x" / ".." / photo.name,
+              "symlink": photo.parent / "link.csv"}[spelling]
     if spelling == "symlink":
         target.symlink_to(photo)
     before = photo.read_bytes()
@@ -214,7 +215,8 @@ def test_bad_predict_flags_are_one_line(photo, capsys):
 
 
 def test_the_smallest_image_side_is_the_models():
-    """MIN_IMAGE_SIDE (computed from the architecture) against the real model: the head sees a pixel, one less does not."""
+    """MIN_IMAGE_SIDE (computed from the architecture) against the real model: the head sees a pixel at that size,
+    none at one less."""
     import jax
 
     from signs_jax.models import ResNet50
@@ -357,7 +359,8 @@ def test_a_failed_start_removes_only_what_it_made(small_signs, tmp_path, capsys)
 
 
 def test_nan_loss_before_any_checkpoint_says_so_and_leaves_no_run(small_signs, tmp_path, capsys):
-    code = run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "nan", "--epochs", 1, "--lr", "1e30", *TINY)
+    code = run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "nan", "--epochs", 1, "--lr", "1e30",
+                     *TINY)
     assert code == 2
     line = one_error_line(capsys)
     assert "loss became" in line and "no checkpoint had been saved" in line and "last good checkpoint" not in line
@@ -404,7 +407,8 @@ def test_resume_skips_a_metrics_line_cut_by_a_crash(finished_run, tmp_path):
 
 
 def test_a_run_killed_in_its_first_save_is_not_picked_and_can_be_started_again(finished_run, tmp_path, photo, capsys):
-    """The state a kill -9 during the first save leaves: config and metrics written, the step still orbax's temporary."""
+    """The state a kill -9 during the first save leaves: config and metrics written, the step still orbax's
+    temporary directory."""
     complete = tmp_path / "complete"
     shutil.copytree(finished_run, complete)
     os.utime(complete / "config.json", (time.time() - 100,) * 2)
