@@ -6,18 +6,25 @@ CheckpointManager with three items: `state` (the whole TrainState, for --resume)
 weights to predict with) and `meta` (JSON: epoch, position in the epoch, partial metrics).
 Orbax writes each step to a temporary directory and renames it when complete, so a run killed
 mid-save still has its previous checkpoint; a newest checkpoint that fails to restore is skipped.
+
+A directory is a run, one that predict and evaluate may pick, only once it holds a finished
+checkpoint (`has_checkpoint`); before that it is an incomplete start, which `train --run NAME`
+may start again. While a process trains a run it holds an exclusive lock on `<run>/train.lock`.
 """
+import fcntl
 import json
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import UserError
 
 KEEP_LATEST = 3
 CONFIG_FILE = "config.json"
+LOCK_FILE = "train.lock"
 
 
 def _ocp():
@@ -162,10 +169,77 @@ def restore_variables(run_dir: Path, step: Optional[int] = None) -> Tuple[Any, D
     raise UserError(f"{run_dir}: no readable checkpoint")
 
 
-def newest_run(workdir: Path) -> Optional[Path]:
-    """The most recently written run directory under `workdir`."""
+def checkpoint_steps(run_dir: Path) -> List[int]:
+    """The finished checkpoints of a run (orbax renames a step's directory to its number once it is complete)."""
+    try:
+        return sorted(int(p.name) for p in (Path(run_dir) / "ckpt").iterdir() if p.name.isdigit() and p.is_dir())
+    except OSError:
+        return []
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    return bool(checkpoint_steps(run_dir))
+
+
+def checkpointed_epochs(run_dir: Path) -> Optional[int]:
+    """Epochs finished at the newest checkpoint (from its `meta` item, without orbax); None when unknown."""
+    for step in reversed(checkpoint_steps(run_dir)):
+        try:
+            meta = json.loads((Path(run_dir) / "ckpt" / str(step) / "meta" / "metadata").read_text())
+            return int(meta["epoch"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def runs_in(workdir: Path) -> List[Path]:
+    """Directories under `workdir` with a run config, complete or not."""
     workdir = Path(workdir)
-    if not workdir.is_dir():
-        return None
-    runs = [p for p in workdir.iterdir() if (p / CONFIG_FILE).exists()]
-    return max(runs, key=lambda p: (p / CONFIG_FILE).stat().st_mtime, default=None)
+    try:
+        return [p for p in workdir.iterdir() if (p / CONFIG_FILE).is_file()]
+    except OSError:
+        return []
+
+
+def written_at(run_dir: Path) -> float:
+    times = [(run_dir / CONFIG_FILE).stat().st_mtime]
+    for step in checkpoint_steps(run_dir)[-1:]:
+        times.append((run_dir / "ckpt" / str(step)).stat().st_mtime)
+    return max(times)
+
+
+def newest_run(workdir: Path) -> Optional[Path]:
+    """The most recently written run under `workdir` that has a checkpoint (incomplete starts are never picked)."""
+    runs = [p for p in runs_in(workdir) if has_checkpoint(p)]
+    return max(runs, key=written_at, default=None)
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a run: one training process at a time (released when the process ends)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise UserError(f"{self.path.parent}: cannot lock the run ({err.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            by = f" (process {holder})" if holder.isdigit() else ""
+            raise UserError(f"{self.path.parent}: another train process is running this run{by}; wait for it or "
+                            "choose another --run") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None

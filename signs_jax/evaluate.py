@@ -20,7 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=120)
     p.add_argument("--confusion-png", metavar="PATH",
                    help="confusion matrix picture (default: confusion.png in the run directory, or in the current "
-                   "directory for a Keras .h5)")
+                   "directory for a Keras .h5); an existing file there is replaced (atomically) only when it is a "
+                   "picture matplotlib made, never a photo or any other file")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     return p
 
@@ -61,8 +62,13 @@ def plot_confusion(matrix, names, path: Path) -> Path:
         for j in range(len(names)):
             ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > matrix.max() / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    from .files import atomic_path
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return Path(path)
 
 
@@ -95,7 +101,13 @@ def run(args) -> int:
     enable_compilation_cache()
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    from .files import check_write_target
+
+    if args.confusion_png:
+        check_write_target(args.confusion_png, "--confusion-png", "png")
     weights = load_weights(args.weights, args.workdir)
+    png = Path(args.confusion_png) if args.confusion_png else (weights.run_dir or Path(".")) / "confusion.png"
+    check_write_target(png, "--confusion-png", "png")
     model = weights.model
     data_dir = _data_dir(args.data_dir, weights.run_dir)
     dataset = load_dataset(data_dir, tuple(model.input_shape[:2]))
@@ -131,7 +143,6 @@ def run(args) -> int:
                       for i, (name, p, r) in enumerate(zip(weights.class_names, precision, recall))},
         "confusion_matrix": matrix.tolist(),
     }
-    png = Path(args.confusion_png) if args.confusion_png else (weights.run_dir or Path(".")) / "confusion.png"
     try:
         result["confusion_png"] = str(plot_confusion(matrix, weights.class_names, png))
     except OSError as err:

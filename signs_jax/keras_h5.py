@@ -11,9 +11,7 @@ Layouts read:
 - Keras 3 legacy `.h5`: as Keras 2 but weight names without the `:0` suffix.
 """
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -301,12 +299,10 @@ def save_keras_h5(path, variables) -> Path:
     params, stats = variables["params"], variables["batch_stats"]
     num_classes = int(np.shape(params["fc"]["kernel"])[1])
     table = keras_layer_table(_stage_sizes_of(params), num_classes)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise UserError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    from .files import atomic_path, check_write_target
+
+    check_write_target(path, "--export", "h5")
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["layer_names"] = [layer.name.encode("utf8") for layer in table]
             f.attrs["backend"] = b"tensorflow"
@@ -318,10 +314,6 @@ def save_keras_h5(path, variables) -> Path:
                 for name, (collection, leaf) in zip(names, layer.weights.values()):
                     tree = params if collection == "params" else stats
                     group.create_dataset(name, data=np.asarray(_lookup(tree, layer.flax_path + (leaf,)), np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -340,12 +332,18 @@ def main(argv=None) -> int:
         "as a Keras 2 weights file (model.load_weights reads it).",
     )
     parser.add_argument("file", help="Keras .h5: full model, weights only, or Keras 3 legacy")
-    parser.add_argument("--export", metavar="OUT.h5", help="write the loaded weights as a Keras 2 weights file")
+    parser.add_argument("--export", metavar="OUT.h5",
+                        help="write the loaded weights as a Keras 2 weights file; OUT.h5 must not be FILE, a directory "
+                        "or an existing file other than an HDF5 file, and is replaced atomically")
     args = parser.parse_args(argv)
 
     @cli_main
     def run(_):
+        from .files import check_write_target
         from .models import count_numbers
+
+        if args.export:  # before the (slow) load: a wrong target is reported at once
+            check_write_target(args.export, "--export", "h5", inputs=[args.file])
 
         keras_file = read_keras_h5(args.file)
         model, variables = load_keras_h5(args.file)

@@ -11,6 +11,7 @@ from . import config
 from .images import DEFAULT_INTERPOLATION, INTERPOLATIONS
 
 BATCH_BUCKETS = (1, 8)  # besides --batch-size: a one-image predict should not pay for a 32-image batch
+MAX_BATCH_SIZE = 1024  # a larger batch only costs memory (the batch is padded and allocated whole)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m signs_jax.predict",
         description="Classify hand-sign photos with a trained model (default: the best checkpoint of the newest "
         "run under checkpoints/) or a Keras .h5.",
+        epilog="--csv is checked before anything is read or written: it must not be one of the IMAGE inputs (under "
+        "any spelling or symlink), a directory, a name with an image suffix, or an existing file other than a text "
+        "file, and its folder must exist. It is written to a temporary file and renamed into place, so an old CSV "
+        "is either kept whole or replaced whole.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders (searched recursively)")
     p.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
@@ -26,9 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize filter (default: %(default)s; 'nearest' is what Keras load_img uses; 'box' = 'area')")
     p.add_argument("--ignore-exif", action="store_true", help="do not rotate by the EXIF orientation (as Keras load_img)")
     p.add_argument("--json", action="store_true", help="one JSON object per image: path, class, probabilities")
-    p.add_argument("--csv", metavar="FILE", help="also write the rows to a CSV file (the original's Result.csv)")
+    p.add_argument("--csv", metavar="FILE", help="also write the rows to a CSV file (the original's Result.csv); "
+                   "see the rule below")
     p.add_argument("--top-k", type=int, default=1, metavar="K", help="show the K most likely classes (default: 1)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32,
+                   help=f"images per forward pass, 1..{MAX_BATCH_SIZE} (default: %(default)s)")
     return p
 
 
@@ -46,7 +53,6 @@ def predict_files(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True
     batch is padded to the same shape (one compile), and the next batch is decoded while the previous
     one runs (JAX dispatches asynchronously), so at most two batches are alive.
     """
-    import jax
     import numpy as np
 
     from .images import ImageError, load_image
@@ -106,16 +112,27 @@ def main(argv=None) -> int:
     return run_cli(build_parser, run, argv)
 
 
+def validate_args(args) -> None:
+    """The flags, and the CSV target against the inputs, before anything is read or written: one line."""
+    from .errors import UserError
+    from .files import check_write_target
+
+    if args.top_k < 1:
+        raise UserError(f"--top-k {args.top_k}: must be at least 1")
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise UserError(f"--batch-size {args.batch_size}: must be between 1 and {MAX_BATCH_SIZE}")
+    if args.csv:
+        check_write_target(args.csv, "--csv", "csv", inputs=args.inputs)
+
+
 def run(args) -> int:
     import logging
 
     from .cache import enable_compilation_cache
-    from .errors import UserError
     from .images import expand_inputs
     from .weights import load_weights
 
-    if args.top_k < 1 or args.batch_size < 1:
-        raise UserError("--top-k and --batch-size must be at least 1")
+    validate_args(args)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only checkpoint directories
     enable_compilation_cache()
     files, errors = expand_inputs(args.inputs)
@@ -133,13 +150,7 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    try:
-        csv_file = open(args.csv, "w", newline="") if args.csv else None
-    except OSError as err:
-        raise UserError(f"{args.csv}: cannot write the CSV file ({err.strerror})") from None
-    writer = csv.writer(csv_file) if csv_file else None
-    if writer:
-        writer.writerow(["path", "class", "confidence", *[f"p({n})" for n in names]])
+    csv_rows = [["path", "class", "confidence", *[f"p({n})" for n in names]]] if args.csv else None
     width = max([6, *map(len, names)])
     path_width = min(40, max([4, *(len(str(f)) for f in files[:1000])]))
     if not args.json:
@@ -147,27 +158,38 @@ def run(args) -> int:
         print(f"{'path':{path_width}s} {'class':>{width}s} {'conf':>6s}  " + " ".join(f"p({n})".rjust(max(7, len(n) + 3)) for n in names)
               + ("  top-k" if k > 1 else ""))
     batch = fixed_batch_size(len(files), args.batch_size)
-    try:
-        with tqdm(total=len(files), unit="img", disable=None, leave=False, file=sys.stderr) as bar:
-            for path, probs in predict_files(weights, files, args.interpolation, not args.ignore_exif, batch,
-                                             report_error, bar):
-                order = probs.argsort()[::-1]
-                best = names[order[0]]
-                if args.json:
-                    record = {"path": str(path), "class": best, "probabilities": [float(p) for p in probs]}
-                    if k > 1:
-                        record["top_k"] = [[names[i], float(probs[i])] for i in order[:k]]
-                    print(json.dumps(record), flush=True)
-                else:
-                    top = "  " + ", ".join(f"{names[i]}:{probs[i]:.3f}" for i in order[:k]) if k > 1 else ""
-                    cells = " ".join(f"{p:{max(7, len(n) + 3)}.4f}" for n, p in zip(names, probs))
-                    bar.write(f"{str(path):{path_width}s} {best:>{width}s} {probs[order[0]]:6.3f}  {cells}{top}", file=sys.stdout)
-                if writer:
-                    writer.writerow([str(path), best, f"{probs[order[0]]:.6f}", *[f"{p:.6f}" for p in probs]])
-    finally:
-        if csv_file:
-            csv_file.close()
+    with tqdm(total=len(files), unit="img", disable=None, leave=False, file=sys.stderr) as bar:
+        for path, probs in predict_files(weights, files, args.interpolation, not args.ignore_exif, batch,
+                                         report_error, bar):
+            order = probs.argsort()[::-1]
+            best = names[order[0]]
+            if args.json:
+                record = {"path": str(path), "class": best, "probabilities": [float(p) for p in probs]}
+                if k > 1:
+                    record["top_k"] = [[names[i], float(probs[i])] for i in order[:k]]
+                print(json.dumps(record), flush=True)
+            else:
+                top = "  " + ", ".join(f"{names[i]}:{probs[i]:.3f}" for i in order[:k]) if k > 1 else ""
+                cells = " ".join(f"{p:{max(7, len(n) + 3)}.4f}" for n, p in zip(names, probs))
+                bar.write(f"{str(path):{path_width}s} {best:>{width}s} {probs[order[0]]:6.3f}  {cells}{top}",
+                          file=sys.stdout)
+            if csv_rows is not None:
+                csv_rows.append([str(path), best, f"{probs[order[0]]:.6f}", *[f"{p:.6f}" for p in probs]])
+    if csv_rows is not None:  # only a finished run replaces an existing CSV
+        _write_csv(args.csv, csv_rows)
     return 1 if failed else 0
+
+
+def _write_csv(path, rows) -> None:
+    """The CSV appears whole, replacing an old one atomically (an interrupted predict keeps the old one)."""
+    from .errors import UserError
+    from .files import atomic_write
+
+    try:
+        with atomic_write(path, newline="") as f:
+            csv.writer(f).writerows(rows)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write the CSV file ({err.strerror or err})") from None
 
 
 if __name__ == "__main__":

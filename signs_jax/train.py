@@ -25,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m signs_jax.train",
         description="Train the course ResNet50 on SIGNS (or on image folders). Checkpoints, metrics.jsonl, "
-        "curves.png and Result.csv go to <workdir>/<run>/.",
+        "curves.png and Result.csv go to <workdir>/<run>/. A run directory counts as a run (one predict and evaluate "
+        "may pick) once it holds its first checkpoint; a start that fails before that removes the directory it "
+        "made, and `--run NAME` may start an incomplete one again. A process training a run locks it.",
     )
     p.add_argument("--recipe", choices=sorted(RECIPES), default="default", help="hyper-parameter set (default: %(default)s)")
     p.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize image-folder data to H W")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay float32)")
     p.add_argument("--conv", default=None, help="convolution implementation (default: the fastest exact one)")
-    p.add_argument("--eval-batch-size", type=int, default=120)
+    p.add_argument("--eval-batch-size", type=int, default=120, help="images per evaluation pass (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
     dist = p.add_argument_group("multi-process training (jax.distributed; or SIGNS_JAX_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)")
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
@@ -52,29 +54,230 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# ------------------------------------------------------------------------------------------ flags
+
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 65_536
+MAX_WIDTH = 16.0  # 16x the original's filters: already far beyond what any device here holds
+MAX_BLOCKS = 64  # per stage (ResNet152 has 36)
+MAX_IMAGE_SIDE = 4096
+MAX_SEED = 2**32 - 1  # numpy's and JAX's seeds
+
+
+def output_side(side: int) -> int:
+    """The side of the feature map the Dense head sees for an input of `side` pixels (<= 0: nothing left).
+
+    ZeroPad 3 + conv 7x7/2, max-pool 3x3/2 'valid', three stages whose 1x1 convs take stride 2, avg-pool 2x2/2.
+    """
+    side = (side + 2 * 3 - 7) // 2 + 1
+    side = (side - 3) // 2 + 1 if side >= 3 else 0
+    for _ in range(3):
+        side = (side - 1) // 2 + 1 if side >= 1 else 0
+    return side // 2
+
+
+MIN_IMAGE_SIDE = next(side for side in range(1, 1024) if output_side(side) >= 1)
+
+
+def _finite(value: float) -> bool:
+    return value == value and value not in (float("inf"), float("-inf"))
+
+
+def validate_args(args) -> None:
+    """Every flag that can be checked without the data, before anything is written: one line naming the flag."""
+    if args.epochs is not None and not 1 <= args.epochs <= MAX_EPOCHS:
+        raise UserError(f"--epochs {args.epochs}: must be between 1 and {MAX_EPOCHS}")
+    if args.batch_size is not None and not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise UserError(f"--batch-size {args.batch_size}: must be between 1 and {MAX_BATCH_SIZE}")
+    if not 1 <= args.eval_batch_size <= MAX_BATCH_SIZE:
+        raise UserError(f"--eval-batch-size {args.eval_batch_size}: must be between 1 and {MAX_BATCH_SIZE}")
+    if args.lr is not None and not (_finite(args.lr) and args.lr > 0):
+        raise UserError(f"--lr {args.lr}: must be a finite number above 0")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UserError(f"--seed {args.seed}: must be between 0 and {MAX_SEED}")
+    if not (_finite(args.val_fraction) and 0 <= args.val_fraction < 1):
+        raise UserError(f"--val-fraction {args.val_fraction}: must be at least 0 and below 1")
+    if not (_finite(args.width) and args.width > 0) or args.width > MAX_WIDTH:
+        raise UserError(f"--width {args.width}: must be above 0 and at most {MAX_WIDTH:g}")
+    if round(config.RESNET50_STEM_FILTERS * args.width) < 1:
+        raise UserError(f"--width {args.width}: leaves the first convolution without a filter "
+                        f"(at least {0.5 / config.RESNET50_STEM_FILTERS:g})")
+    _stage_sizes(args.stage_sizes)
+    if args.image_size and not all(MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE for side in args.image_size):
+        raise UserError(f"--image-size {' '.join(map(str, args.image_size))}: each side must be between "
+                        f"{MIN_IMAGE_SIDE} (the model's smallest input) and {MAX_IMAGE_SIDE}")
+    if args.num_processes is not None and args.num_processes < 1:
+        raise UserError(f"--num-processes {args.num_processes}: must be at least 1")
+    if args.process_id is not None and not 0 <= args.process_id < (args.num_processes or args.process_id + 1):
+        raise UserError(f"--process-id {args.process_id}: must be between 0 and --num-processes - 1")
+    if args.init_from and not Path(args.init_from).exists():
+        raise UserError(f"{args.init_from}: no such file or directory "
+                        "(--init-from takes a Keras .h5 or a run directory)")
+    if args.run is not None and (not args.run or args.run in (".", "..") or "/" in args.run or "\0" in args.run):
+        raise UserError(f"--run {args.run!r}: a run name is one folder name (no '/')")
+
+
+def _stage_sizes(text: str) -> List[int]:
+    try:
+        stage_sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise UserError(f"--stage-sizes {text!r}: expected four comma-separated block counts") from None
+    if len(stage_sizes) != 4 or not all(1 <= n <= MAX_BLOCKS for n in stage_sizes):
+        raise UserError(f"--stage-sizes {text!r}: expected four block counts between 1 and {MAX_BLOCKS}")
+    return stage_sizes
+
+
+def _check_against_data(cfg: Dict[str, Any], recipe: Recipe, dataset) -> None:
+    """The flags that depend on the data (validation held out): one line naming the flag."""
+    import numpy as np
+
+    height, width = dataset.image_shape[:2]
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise UserError(f"{dataset.source}: images of {height}x{width} are smaller than the model's smallest input "
+                        f"({MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}); pass --image-size")
+    per_class = np.bincount(dataset.train.labels, minlength=dataset.num_classes)
+    if cfg["val_fraction"] > 0 and per_class.min() == 0:
+        empty = dataset.class_names[int(per_class.argmin())]
+        raise UserError(f"--val-fraction {cfg['val_fraction']}: leaves class {empty} without a training image")
+    if recipe.batch_size > len(dataset.train.labels):
+        raise UserError(f"--batch-size {recipe.batch_size}: larger than the training set "
+                        f"({len(dataset.train.labels)} images)")
+
+
 # ------------------------------------------------------------------------------------------ setup
 
 
-def _prepare_run_dir(args) -> Path:
-    workdir = Path(args.workdir)
-    try:
-        workdir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"{workdir}: cannot create the work directory ({err.strerror})") from None
-    if not os.access(workdir, os.W_OK | os.X_OK):
-        raise UserError(f"{workdir}: work directory is not writable")
-    if args.resume:
-        from .checkpoints import newest_run
+class _Finished(Exception):
+    """A resumed run that has nothing left to do (the message says so)."""
 
-        run_dir = workdir / args.run if args.run else newest_run(workdir)
-        if run_dir is None or not (run_dir / "config.json").exists():
-            raise UserError(f"{run_dir or workdir}: no run to resume")
-        return run_dir
-    name = args.run or f"{args.recipe}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = workdir / name
-    if (run_dir / "config.json").exists():
-        raise UserError(f"{run_dir}: run already exists (add --resume to continue it, or choose another --run)")
-    return run_dir  # created once the data has loaded, so a failed start leaves nothing behind
+
+class RunDirectory:
+    """The directory a train process writes: made atomically under a name no other start gets, locked while
+    training, and removed again when the start fails before its first checkpoint (only if this process made it).
+
+    Only the primary process of a multi-process run checks, makes, locks or removes anything.
+    """
+
+    def __init__(self, args):
+        self.args = args
+        self.path: Optional[Path] = None
+        self.created = False  # made by this process: a failed start may remove it
+        self.lock = None
+        self.primary = True
+
+    def prepare(self, primary: bool) -> Path:
+        """Find the run to resume (and lock it), or check that a new run's name is free; nothing is written yet."""
+        from .checkpoints import RunLock, has_checkpoint, runs_in
+
+        args, self.primary = self.args, primary
+        workdir = Path(args.workdir)
+        if args.resume:
+            if args.run:
+                path = workdir / args.run
+            else:
+                from .checkpoints import written_at
+
+                path = max(runs_in(workdir), key=written_at, default=None)
+            if path is None or not (path / "config.json").is_file():
+                raise UserError(f"{path or workdir}: no run to resume")
+            self.path = path
+            if primary:
+                self.lock = RunLock(path).acquire()
+            return path
+        if primary:
+            try:
+                workdir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise UserError(f"{workdir}: cannot create the work directory ({err.strerror})") from None
+            if not os.access(workdir, os.W_OK | os.X_OK):
+                raise UserError(f"{workdir}: work directory is not writable")
+        self.path = workdir / (args.run or f"{args.recipe}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if primary and args.run:
+            self._check_free(has_checkpoint)
+        return self.path
+
+    def _check_free(self, has_checkpoint) -> None:
+        """A new run's directory may be missing, empty, or an incomplete start (config, no checkpoint) to start
+        again."""
+        path = self.path
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise UserError(f"{path}: exists and is not a run directory; choose another --run")
+        if not path.exists():
+            return
+        if has_checkpoint(path):
+            raise UserError(f"{path}: run already exists (add --resume to continue it, or choose another --run)")
+        if any(path.iterdir()) and not any((path / name).exists() for name in ("config.json", "ckpt", "train.lock")):
+            raise UserError(f"{path}: exists and is not a training run (not overwriting it); choose another --run")
+
+    def create(self) -> Path:
+        """Make the new run's directory (a default name gets a suffix when another start took it) and lock it."""
+        from .checkpoints import RunLock, has_checkpoint
+
+        base = self.path
+        for attempt in range(2, 1000):
+            try:
+                self.path.mkdir()
+                self.created = True
+                break
+            except FileExistsError:
+                if self.args.run:  # an explicit name: start an incomplete run again, under its lock
+                    self.lock = RunLock(self.path).acquire()
+                    self._check_free(has_checkpoint)
+                    return self.path
+                self.path = base.with_name(f"{base.name}-{attempt}")
+            except OSError as err:
+                raise UserError(f"{self.path}: cannot create the run directory ({err.strerror})") from None
+        else:
+            raise UserError(f"{base}: every numbered variant of this run name is taken; pass --run NAME")
+        try:
+            self.lock = RunLock(self.path).acquire()
+        except UserError:
+            self.created = False  # another start took it over between mkdir and lock: it is theirs now
+            raise
+        return self.path
+
+    def write_config(self, cfg: Dict[str, Any]) -> None:
+        from .files import write_text_atomic
+
+        write_text_atomic(self.path / "config.json", json.dumps(cfg, indent=2))
+
+    def discard_if_incomplete(self) -> None:
+        """After a failed start: remove the directory this process made, unless a checkpoint made it a run."""
+        from .checkpoints import has_checkpoint
+
+        if self.primary and self.created and self.path is not None and not has_checkpoint(self.path):
+            import shutil
+
+            shutil.rmtree(self.path, ignore_errors=True)
+            self.created = False
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _check_resume(args, cfg: Dict[str, Any], run_dir: Path) -> bool:
+    """Flags that cannot apply to the run being resumed are one line; True when --epochs changes the config.
+
+    Raises _Finished when the run has already trained every epoch asked for.
+    """
+    from .checkpoints import checkpointed_epochs
+    from .files import same_file
+
+    recorded = cfg.get("data_dir")
+    if args.data_dir and recorded and not same_file(Path(args.data_dir), Path(recorded)):
+        raise UserError(f"--data-dir {args.data_dir}: run {run_dir} was trained on {recorded}; "
+                        "a resumed run keeps its data (leave out --data-dir)")
+    done = checkpointed_epochs(run_dir) or 0
+    if args.epochs is not None and args.epochs < done:
+        raise UserError(f"--epochs {args.epochs}: run {run_dir} has already trained {done} epochs; "
+                        f"give at least {done}")
+    target = args.epochs or cfg["recipe"]["epochs"]
+    if done >= target:
+        raise _Finished(f"run {run_dir} has finished its {done} epochs: nothing to do "
+                        f"(add --epochs N with N above {done} to train longer)")
+    return bool(args.epochs) and args.epochs != cfg["recipe"]["epochs"]
 
 
 def _new_config(args, dataset) -> Dict[str, Any]:
@@ -84,12 +287,7 @@ def _new_config(args, dataset) -> Dict[str, Any]:
     conv = args.conv or DEFAULT_CONV
     if conv not in CONV_IMPLEMENTATIONS:
         raise UserError(f"--conv {conv}: choose from {', '.join(sorted(CONV_IMPLEMENTATIONS))}")
-    try:
-        stage_sizes = [int(s) for s in args.stage_sizes.split(",")]
-    except ValueError:
-        raise UserError(f"--stage-sizes {args.stage_sizes!r}: expected four comma-separated block counts") from None
-    if len(stage_sizes) != 4 or min(stage_sizes) < 1:
-        raise UserError(f"--stage-sizes {args.stage_sizes!r}: expected four positive block counts")
+    stage_sizes = _stage_sizes(args.stage_sizes)
     return {
         "recipe_name": args.recipe,
         "recipe": dataclasses.asdict(recipe),
@@ -205,17 +403,32 @@ class StopRequest:
 
 
 def _append_jsonl(path: Path, record: Dict[str, Any]) -> None:
+    """One record per line, written in one call: a crash leaves at most a cut last line, which readers skip."""
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
+def _read_jsonl(path: Path) -> List[Dict[str, Any]]:
+    """The whole records of a metrics.jsonl (a line cut by a crash is left out)."""
+    records = []
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            records.append(record)
+    return records
+
+
 def _write_result_csv(path: Path, row: Dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    from .files import atomic_write
+
+    with atomic_write(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
         writer.writeheader()
         writer.writerow(row)
-    tmp.replace(path)
 
 
 def _no_sums() -> Dict[str, Any]:
@@ -271,7 +484,7 @@ class _Progress:
     history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
-def _setup(args) -> _Job:
+def _setup(args, place: RunDirectory) -> _Job:
     """Processes and devices, the run directory and its config, the data, the model and the optimizer."""
     import numpy as np
 
@@ -287,9 +500,11 @@ def _setup(args) -> _Job:
         enable_compilation_cache()
     if dp.process_count > 1 and not (args.run or args.resume):
         raise UserError("multi-process training needs --run NAME so that every process writes the same run")
-    run_dir = _prepare_run_dir(args)
+    run_dir = place.prepare(dp.is_primary)
+    config_changed = True
     if args.resume:
         cfg = read_config(run_dir)
+        config_changed = _check_resume(args, cfg, run_dir)
         if args.epochs:
             cfg["recipe"]["epochs"] = args.epochs
     else:
@@ -299,21 +514,21 @@ def _setup(args) -> _Job:
     dataset = load_dataset(data_dir, image_size)
     if cfg is None:
         cfg = _new_config(args, dataset)
-    if dp.is_primary:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
     seed = cfg["seed"]
     dataset = hold_out_validation(dataset, cfg["val_fraction"], seed)
     recipe = Recipe(**cfg["recipe"])
     model = model_from_config(cfg["model"])
     if model.num_classes != dataset.num_classes or tuple(model.input_shape) != dataset.image_shape:
         raise UserError(f"{data_dir}: data ({dataset.num_classes} classes, {dataset.image_shape}) does not fit the run's model")
-
+    _check_against_data(cfg, recipe, dataset)
     steps_per_epoch = len(dataset.train.labels) // recipe.batch_size
-    if steps_per_epoch == 0:
-        raise UserError(f"batch size {recipe.batch_size} is larger than the training set ({len(dataset.train.labels)} images)")
     dp.check_batch_size(recipe.batch_size)
     dp.check_batch_size(cfg["eval_batch_size"], "--eval-batch-size")
+    if dp.is_primary:
+        if not args.resume:
+            run_dir = place.create()
+        if config_changed:
+            place.write_config(cfg)
     calibration = np.random.default_rng([seed, 7]).permutation(len(dataset.train.labels))[: recipe.bn_recalibration_images]
     train_step, eval_step, bn_statistics_step = compiled_steps(model, recipe, steps_per_epoch, dp)
     return _Job(
@@ -331,7 +546,9 @@ def _start(job: _Job) -> _Progress:
     from .steps import create_state
 
     recipe, dp, metrics_path = job.recipe, job.dp, job.metrics_path
-    if not job.args.resume:
+    if not job.args.resume or not job.ckpts.steps():
+        if job.args.resume:
+            print(f"{job.run_dir} has no checkpoint yet: starting it from the beginning")
         state = dp.replicate(create_state(_initial_variables(job.model, job.cfg), job.tx, job.seed, bool(recipe.ema_decay)))
         if dp.is_primary:
             metrics_path.unlink(missing_ok=True)
@@ -339,10 +556,11 @@ def _start(job: _Job) -> _Progress:
     abstract = abstract_train_state(job.model, job.tx, job.seed, bool(recipe.ema_decay), dp.replicated)
     state, meta, restored_step = job.ckpts.restore_latest(abstract)
     epoch = meta["epoch"]
-    history = [json.loads(line) for line in metrics_path.read_text().splitlines()] if metrics_path.exists() else []
-    history = [h for h in history if h["epoch"] <= epoch]  # drop epochs after the restored checkpoint
+    history = [h for h in _read_jsonl(metrics_path) if h["epoch"] <= epoch]  # drop epochs after the restored checkpoint
     if dp.is_primary:
-        metrics_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+        from .files import write_text_atomic
+
+        write_text_atomic(metrics_path, "".join(json.dumps(h) + "\n" for h in history))
     print(f"resuming {job.run_dir} at epoch {epoch + 1}, step {restored_step}")
     return _Progress(state, epoch, meta["step_in_epoch"], meta["epoch_sums"], history)
 
@@ -361,10 +579,9 @@ def _train_epoch(job: _Job, progress: _Progress, stop: StopRequest, t0: float) -
         loss, correct, finite = float(m["loss"]), int(m["correct"]), bool(m["finite"])
         if not finite:
             bar.close()
-            raise UserError(
-                f"loss became {loss} at epoch {epoch + 1}, step {k + 1} (try a lower --lr); "
-                f"the last good checkpoint in {job.ckpts.directory} is kept"
-            )
+            kept = (f"the last good checkpoint in {job.ckpts.directory} is kept" if job.ckpts.steps()
+                    else "no checkpoint had been saved yet")
+            raise UserError(f"loss became {loss} at epoch {epoch + 1}, step {k + 1} (try a lower --lr); {kept}")
         sums = progress.sums
         progress.sums = sums = {"loss": sums["loss"] + loss * len(labels), "correct": sums["correct"] + correct,
                                 "seen": sums["seen"] + len(labels)}
@@ -436,8 +653,26 @@ def _write_results(job: _Job, history) -> None:
 
 
 def run(args) -> int:
-    """Set up (or resume) a run, train it epoch by epoch, write Result.csv; a stop request saves and returns early."""
-    job = _setup(args)
+    """Set up (or resume) a run, train it epoch by epoch, write Result.csv; a stop request saves and returns early.
+
+    A start that fails (or is interrupted) before the first checkpoint removes the run directory it made.
+    """
+    validate_args(args)
+    place = RunDirectory(args)
+    try:
+        return _train(args, place)
+    except _Finished as done:
+        print(done)
+        return 0
+    except BaseException:
+        place.discard_if_incomplete()
+        raise
+    finally:
+        place.release()
+
+
+def _train(args, place: RunDirectory) -> int:
+    job = _setup(args, place)
     progress = _start(job)
     dataset, recipe, dp = job.dataset, job.recipe, job.dp
     job.say(f"run {job.run_dir}: {dataset.source}, {len(dataset.train.labels)} train / {len(dataset.test.labels)} test images "

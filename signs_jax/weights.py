@@ -18,12 +18,10 @@ class Weights(NamedTuple):
 
 def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR)) -> Weights:
     """`--weights`: a Keras .h5, a run directory (its best checkpoint), or a work directory (its newest run)."""
-    from .checkpoints import CONFIG_FILE, newest_run, read_config, restore_variables
+    from .checkpoints import CONFIG_FILE, has_checkpoint, read_config, restore_variables
 
     if spec is None:
-        run = newest_run(Path(workdir))
-        if run is None:
-            raise UserError(NO_WEIGHTS.format(where=Path(workdir)))
+        run = _newest_complete_run(Path(workdir))
     else:
         path = Path(spec)
         if not path.exists():
@@ -33,17 +31,29 @@ def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR)
 
             model, variables = load_keras_h5(path)
             return Weights(model, variables, default_class_names(model.num_classes), str(path))
-        run = path if (path / CONFIG_FILE).exists() else newest_run(path)
-        if run is None:
-            raise UserError(NO_WEIGHTS.format(where=path))
-    ckpt = run / "ckpt"
-    if not ckpt.is_dir() or not any(p.name.isdigit() for p in ckpt.iterdir()):
+        run = path if (path / CONFIG_FILE).exists() else _newest_complete_run(path)
+    if not has_checkpoint(run):
         raise UserError(f"{run}: run has no checkpoint yet (let `python -m signs_jax.train` finish an epoch, "
                         "or pass --weights)")
     _check_fit(run)
     model, variables, step = restore_variables(run)
     names = read_config(run)["model"].get("class_names") or default_class_names(model.num_classes)
     return Weights(model, variables, tuple(names), f"{run} (step {step})", run)
+
+
+def _newest_complete_run(workdir: Path) -> Path:
+    """The newest run with a checkpoint; the error names runs that have none yet (still starting, or a failed start)."""
+    from .checkpoints import newest_run, runs_in
+
+    run = newest_run(workdir)
+    if run is not None:
+        return run
+    incomplete = sorted(p.name for p in runs_in(workdir))
+    if incomplete:
+        names = ", ".join(incomplete[:3]) + (f" and {len(incomplete) - 3} more" if len(incomplete) > 3 else "")
+        raise UserError(f"no trained model found in {workdir}: {names} has no checkpoint yet (let `python -m "
+                        "signs_jax.train` finish an epoch, or pass --weights)")
+    raise UserError(NO_WEIGHTS.format(where=workdir))
 
 
 def _check_fit(run: Path) -> None:
