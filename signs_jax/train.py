@@ -265,10 +265,11 @@ def _check_resume(args, cfg: Dict[str, Any], run_dir: Path) -> bool:
     from .checkpoints import checkpointed_epochs
     from .files import same_file
 
-    recorded = cfg.get("data_dir")
-    if args.data_dir and recorded and not same_file(Path(args.data_dir), Path(recorded)):
-        raise UserError(f"--data-dir {args.data_dir}: run {run_dir} was trained on {recorded}; "
-                        "a resumed run keeps its data (leave out --data-dir)")
+    if args.data_dir:
+        recorded = cli.recorded_data_dir(cfg, run_dir)
+        if not same_file(cli.data_dir(args.data_dir), recorded):
+            raise UserError(f"--data-dir {args.data_dir}: run {run_dir} was trained on {cfg.get('data') or recorded}; "
+                            "a resumed run keeps its data (leave out --data-dir)")
     done = checkpointed_epochs(run_dir) or 0
     if args.epochs is not None and args.epochs < done:
         raise UserError(f"--epochs {args.epochs}: run {run_dir} has already trained {done} epochs; "

@@ -11,16 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import KERAS_FILES, ROOT, TINY, metrics_of, run_train
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import KERAS_FILES, ROOT
 from signs_jax import evaluate, keras_h5, predict, train
 from signs_jax.checkpoints import RunLock, newest_run
 from signs_jax.errors import UserError
 from signs_jax.files import atomic_write, check_write_target
-from test_train import TINY, metrics_of, run_train
 
 KERAS_MODEL = str(KERAS_FILES["keras2_model"])
 
@@ -395,6 +394,16 @@ def test_resume_with_fewer_epochs_or_another_data_dir_is_one_line_and_rewrites_n
     after = snapshot(finished_run)
     after.pop(Path("train.lock"), None), before.pop(Path("train.lock"), None)
     assert after == before
+
+
+def test_a_run_on_the_packaged_data_resumes_only_on_it(finished_run, small_signs, tmp_path, capsys):
+    run = tmp_path / "packaged"
+    shutil.copytree(finished_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg.update(data_dir=None, data="packaged SIGNS")  # what a run started without --data-dir records
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert run_train("--workdir", tmp_path, "--resume", "--run", "packaged", "--epochs", 3, "--data-dir", small_signs) == 2
+    assert "packaged SIGNS" in one_error_line(capsys)
 
 
 def test_resume_skips_a_metrics_line_cut_by_a_crash(finished_run, tmp_path):
