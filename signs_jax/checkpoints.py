@@ -80,7 +80,9 @@ class RunCheckpoints:
             read_only=read_only,
             enable_async_checkpointing=False,  # a save returns once the step is on disk
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "variables", "meta"))
+        handlers = {"state": ocp.StandardCheckpointHandler(), "variables": ocp.StandardCheckpointHandler(),
+                    "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def save(self, step: int, state, meta: Dict[str, Any], score: Optional[float] = None, variables=None) -> None:
         """Save `state` for resuming and `variables` (default: the state's eval weights) for predicting."""
@@ -92,6 +94,15 @@ class RunCheckpoints:
         )
         self.manager.save(step, args=args, metrics=None if score is None else {"score": float(score)}, force=True)
         self.manager.wait_until_finished()
+
+    def stored_shapes(self, step: int, item: str = "variables") -> Dict[str, Tuple[int, ...]]:
+        """{"params/conv1/kernel": shape, ...} of an item as stored at `step`, read from orbax's metadata
+        without restoring anything."""
+        import jax
+
+        tree = self.manager.item_metadata(step)[item]
+        return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+                for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
     def steps(self):
         return sorted(self.manager.all_steps(), reverse=True)

@@ -59,25 +59,23 @@ def _newest_complete_run(workdir: Path) -> Path:
 def _check_fit(run: Path) -> None:
     """One clear line when config.json and the run's checkpoints disagree on shapes.
 
-    Compares the newest checkpoint's stored shapes (orbax's `_METADATA`) with the model config.json
+    Compares the newest checkpoint's stored shapes (orbax's item metadata) with the model config.json
     describes, before restoring: a failing orbax restore says only "unreadable" and leaves tracebacks
-    from its background event loop at exit. Costs one `jax.eval_shape` (~0.2 s); an unknown metadata
-    layout skips the check and leaves the decision to the restore.
+    from its background event loop at exit. Metadata that cannot be read skips the check and leaves the
+    decision to the restore, which falls back to older checkpoints.
     """
-    import json
-
     import jax
 
-    from .checkpoints import model_from_config, read_config
+    from .checkpoints import RunCheckpoints, model_from_config, read_config
     from .models import abstract_variables
 
-    steps = sorted((p for p in (run / "ckpt").iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    ckpts = RunCheckpoints(run, read_only=True)
     try:
-        tree = json.loads((steps[-1] / "variables" / "_METADATA").read_text())["tree_metadata"]
-        stored = {"/".join(str(k["key"]) for k in v["key_metadata"]): tuple(v["value_metadata"]["write_shape"])
-                  for v in tree.values()}
-    except (OSError, KeyError, TypeError, ValueError, IndexError):
+        stored = ckpts.stored_shapes(ckpts.steps()[0])
+    except Exception:  # noqa: BLE001 - damaged or foreign metadata: the restore decides
         return
+    finally:
+        ckpts.close()
     try:
         model = model_from_config(read_config(run)["model"])
     except (KeyError, TypeError, ValueError) as err:
