@@ -13,8 +13,9 @@ import argparse
 import io
 import sys
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,7 +28,7 @@ GAMMA = 2.2  # sRGB is close to a 2.2 power law; light adds up in linear values,
 
 class Shift(NamedTuple):
     apply: Callable  # (images float32 (N, H, W, 3) in [0, 255], level, rng) -> float array of the same shape
-    levels: Tuple[float, ...]  # the strength at severities 1..5
+    levels: tuple[float, ...]  # the strength at severities 1..5
     seeded: bool  # whether the result depends on the seed
     summary: str
 
@@ -56,7 +57,7 @@ def _luma(x: np.ndarray) -> np.ndarray:
     return x @ LUMA
 
 
-def _grid(h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates in [-1, 1]."""
     y, x = np.meshgrid((np.arange(h) + 0.5) / h * 2 - 1, (np.arange(w) + 0.5) / w * 2 - 1, indexing="ij")
     return y.astype(np.float32), x.astype(np.float32)
@@ -315,7 +316,7 @@ def greyscale(x, amount, rng):
     return x + amount * (grey - x)
 
 
-SHIFTS: Dict[str, Shift] = {
+SHIFTS: dict[str, Shift] = {
     "exposure": Shift(exposure, (0.3, 0.6, 1.0, 1.5, 2.0), True,
                       "brighter or darker (per image) by 0.3 .. 2 stops"),
     "uneven_light": Shift(uneven_light, (0.2, 0.4, 0.6, 0.8, 1.0), True,
@@ -365,8 +366,8 @@ def apply_shift(name: str, images: np.ndarray, severity: int, seed: int = 0) -> 
 
 
 def run_shift_benchmark(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
-                        seed: int = 0, shifts: Optional[Sequence[str]] = None,
-                        severities: Sequence[int] = SEVERITIES) -> Dict:
+                        seed: int = 0, shifts: Sequence[str] | None = None,
+                        severities: Sequence[int] = SEVERITIES) -> dict:
     """Accuracy of `predict_fn` (uint8 images -> class probabilities) on `images`, clean and under each shift.
 
     Returns {shift: {severity: accuracy}, "clean": accuracy, "mean_shift_accuracy": the mean over every
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_only(value: Optional[str]) -> list:
+def parse_only(value: str | None) -> list:
     from .errors import UserError
 
     if value is None:
@@ -462,7 +463,7 @@ def plot_examples(image: np.ndarray, names: Sequence[str], seed: int, path: Path
     return Path(path)
 
 
-def plot_curves(result: Dict, names: Sequence[str], path: Path) -> Path:
+def plot_curves(result: dict, names: Sequence[str], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -484,7 +485,7 @@ def plot_curves(result: Dict, names: Sequence[str], path: Path) -> Path:
     return Path(path)
 
 
-def format_table(result: Dict, names: Sequence[str]) -> str:
+def format_table(result: dict, names: Sequence[str]) -> str:
     lines = [f"{'shift':<16s}" + "".join(f"{s:>7d}" for s in SEVERITIES) + f"{'mean':>8s}"]
     for name in names:
         row = result[name]
@@ -531,7 +532,7 @@ def run(args) -> int:
         except OSError as err:
             raise UserError(f"{path}: cannot write the picture ({err.strerror or err})") from None
     if args.json:
-        print(json.dumps({"weights": weights.source, "data": dataset.source, "examples": int(len(test.labels)),
+        print(json.dumps({"weights": weights.source, "data": dataset.source, "examples": len(test.labels),
                           "seed": args.seed, "clean": result["clean"],
                           "mean_shift_accuracy": result["mean_shift_accuracy"],
                           "shifts": {name: result[name] for name in names},

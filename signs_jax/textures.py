@@ -3,7 +3,7 @@
 They stand in for what is behind a hand in other people's photos: walls, desks, clothes, rooms.
 Nothing is downloaded; every texture is a function of a numpy Generator.
 """
-from typing import Callable, Dict, Tuple
+from collections.abc import Callable
 
 import numpy as np
 
@@ -19,14 +19,14 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return np.clip(PALETTE[rng.integers(len(PALETTE))] + rng.normal(0, 15, 3), 0, 255)
 
 
-def _grid(size: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+def _grid(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates in [-1, 1]."""
     h, w = size
     y, x = np.meshgrid((np.arange(h) + 0.5) / h * 2 - 1, (np.arange(w) + 0.5) / w * 2 - 1, indexing="ij")
     return y.astype(np.float32), x.astype(np.float32)
 
 
-def value_noise(rng: np.random.Generator, size: Tuple[int, int], cells: int) -> np.ndarray:
+def value_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) -> np.ndarray:
     """Smooth noise in [0, 1]: random values on a `cells` x `cells` lattice, bicubically interpolated."""
     from PIL import Image
 
@@ -34,7 +34,7 @@ def value_noise(rng: np.random.Generator, size: Tuple[int, int], cells: int) -> 
     return np.asarray(Image.fromarray(lattice).resize(size[::-1], Image.BICUBIC)).clip(0, 1)
 
 
-def fractal_noise(rng: np.random.Generator, size: Tuple[int, int], octaves: int = 4) -> np.ndarray:
+def fractal_noise(rng: np.random.Generator, size: tuple[int, int], octaves: int = 4) -> np.ndarray:
     """Value noise summed over octaves (each twice as fine, half as strong), in [0, 1]."""
     total = sum(value_noise(rng, size, 2 ** (k + 1)) * 0.5 ** k for k in range(octaves))
     total -= total.min()
@@ -105,12 +105,12 @@ def fabric(rng, size):
     return np.clip(base * (0.75 + 0.5 * t[..., None]), 0, 255)
 
 
-TEXTURES: Dict[str, Callable[[np.random.Generator, Tuple[int, int]], np.ndarray]] = {
+TEXTURES: dict[str, Callable[[np.random.Generator, tuple[int, int]], np.ndarray]] = {
     "noise": noise, "gradient": gradient, "stripes": stripes, "clutter": clutter, "wood": wood, "fabric": fabric,
 }
 
 
-def random_texture(rng: np.random.Generator, size: Tuple[int, int]) -> np.ndarray:
+def random_texture(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
     """One texture of a random kind: float32 (H, W, 3) in [0, 255]."""
     kind = list(TEXTURES)[rng.integers(len(TEXTURES))]
     return np.clip(TEXTURES[kind](rng, size), 0, 255).astype(np.float32)
