@@ -408,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples-png", metavar="PATH",
                    help="one test image under every shift at severities 0..5 (default: shift_examples.png in the "
                    "run directory, or in the current directory for a Keras .h5)")
+    p.add_argument("--examples-scale", type=int, default=2, metavar="K",
+                   help="enlarge the example tiles K times, nearest neighbour (default: %(default)s)")
     p.add_argument("--curves-png", metavar="PATH",
                    help="accuracy against severity (default: shift_curves.png next to the examples)")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
@@ -494,6 +496,15 @@ def format_table(result: dict, names: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _write_picture(path: Path, draw) -> None:
+    from .errors import UserError
+
+    try:
+        draw(path)
+    except (OSError, ValueError) as err:  # ValueError: a file name ending neither PIL nor matplotlib can write
+        raise UserError(f"{path}: cannot write the picture ({getattr(err, 'strerror', None) or err})") from None
+
+
 def run(args) -> int:
     import json
     import logging
@@ -507,6 +518,8 @@ def run(args) -> int:
     names = parse_only(args.only)
     if args.seed < 0:
         raise UserError("--seed must be 0 or more")
+    if not 1 <= args.examples_scale <= 16:
+        raise UserError("--examples-scale must be 1..16")
     enable_compilation_cache()
     weights = load_weights(args.weights, args.workdir)
     model = weights.model
@@ -525,12 +538,9 @@ def run(args) -> int:
     out_dir = weights.run_dir or Path(".")
     examples_png = Path(args.examples_png) if args.examples_png else out_dir / "shift_examples.png"
     curves_png = Path(args.curves_png) if args.curves_png else examples_png.with_name("shift_curves.png")
-    for path, draw in ((examples_png, lambda p: plot_examples(test.images[args.example_index], names, args.seed, p)),
-                       (curves_png, lambda p: plot_curves(result, names, p))):
-        try:
-            draw(path)
-        except OSError as err:
-            raise UserError(f"{path}: cannot write the picture ({err.strerror or err})") from None
+    example = test.images[args.example_index]
+    _write_picture(examples_png, lambda p: plot_examples(example, names, args.seed, p, args.examples_scale))
+    _write_picture(curves_png, lambda p: plot_curves(result, names, p))
     if args.json:
         print(json.dumps({"weights": weights.source, "data": dataset.source, "examples": len(test.labels),
                           "seed": args.seed, "clean": result["clean"],

@@ -171,6 +171,7 @@ def test_cli_prints_json_for_a_keras_model(data_dir, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--only", "fog"], "--only: unknown shift fog"),
     (["--seed", "-1"], "--seed must be 0 or more"),
+    (["--examples-scale", "0"], "--examples-scale must be 1..16"),
 ])
 def test_cli_reports_bad_options_in_one_line(argv, message, capsys):
     assert main(argv) == 2
