@@ -14,11 +14,10 @@ the JAX step; docs/performance.md has the spreads measured), so one process is o
 process's numbers and reports their medians. The timed calls run with Python's cyclic garbage
 collector blind to the set-up's objects (see `measure`). Compile times are given as wall and as CPU
 seconds (the XLA compiler is mostly single-threaded, so its CPU time is what it takes on an idle
-machine). Like the command-line tools, the run first sets glibc's allocator to reuse freed memory
-(`signs_jax.allocator`; tf-keras shares the process and the setting) and adds the package's XLA
-CPU flags (`signs_jax.xla_flags`), both through `signs_jax.process.set_up_process`;
-SIGNS_JAX_MALLOC=default measures with glibc's defaults, and a flag set in XLA_FLAGS beforehand
-keeps its value.
+machine). The run first applies the command-line tools' process set-up (`signs_jax._runtime`,
+docs/runtime.md) without the compilation cache, which would hide the compile times: glibc's malloc
+settings (tf-keras shares the process and them) and XLA's CPU flags. SIGNS_JAX_MALLOC=default
+measures with glibc's defaults, and a flag set in XLA_FLAGS beforehand keeps its value.
 """
 import argparse
 import gc
@@ -202,13 +201,12 @@ def main(argv=None):
         result = median_over_processes([run_in_fresh_process(command, i, args.processes) for i in range(args.processes)])
         return report(result, args.json)
 
-    from signs_jax.process import set_up_process
+    from signs_jax._runtime import set_up
 
-    # as the command-line tools do; tf-keras, in the same process, runs with the same allocator
-    malloc = "reuse_freed_memory" if set_up_process() else "default"
+    setup = set_up(compilation_cache=False)
     result = {"conv": args.conv, "dtype": args.dtype, "width": args.width, "batch_size": args.batch_size,
-              "infer_batch_size": args.infer_batch_size, "repeats": args.repeats, "malloc": malloc,
-              "xla_flags": os.environ.get("XLA_FLAGS", "")}
+              "infer_batch_size": args.infer_batch_size, "repeats": args.repeats,
+              "malloc": "reuse_freed_memory" if setup.malloc else "default", "xla_flags": setup.xla_flags}
     runners = jax_runners(args, result)
     if args.compare == "keras":
         runners.update(keras_runners(args, result))

@@ -22,7 +22,6 @@ _EXPORTS = {
     "load_image": "images",
     "ImageError": "images",
     "load_weights": "weights",
-    "enable_compilation_cache": "cache",
 }
 
 __all__ = sorted(_EXPORTS)

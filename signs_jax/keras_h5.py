@@ -329,10 +329,8 @@ def save_keras_h5(path, variables) -> Path:
 # Command line: python -m signs_jax.keras_h5 FILE [--export OUT]
 
 
-def main(argv=None) -> int:
+def build_parser():
     import argparse
-
-    from .errors import cli_main
 
     parser = argparse.ArgumentParser(
         prog="python -m signs_jax.keras_h5",
@@ -341,22 +339,26 @@ def main(argv=None) -> int:
     )
     parser.add_argument("file", help="Keras .h5: full model, weights only, or Keras 3 legacy")
     parser.add_argument("--export", metavar="OUT.h5", help="write the loaded weights as a Keras 2 weights file")
-    args = parser.parse_args(argv)
+    return parser
 
-    @cli_main
-    def run(_):
-        from .models import count_numbers
 
-        keras_file = read_keras_h5(args.file)
-        model, variables = load_keras_h5(args.file)
-        print(f"{args.file}: {keras_file.layout}, {len(keras_file.weights)} layers with weights")
-        print(f"  model: {_model_summary(model)}")
-        print(f"  params: {count_numbers(variables['params']):,}  batch_stats: {count_numbers(variables['batch_stats']):,}")
-        if args.export:
-            print(f"  exported to {save_keras_h5(args.export, variables)}")
-        return 0
+def run(args) -> int:
+    from .models import count_numbers
 
-    return run(None)
+    keras_file = read_keras_h5(args.file)
+    model, variables = load_keras_h5(args.file)
+    print(f"{args.file}: {keras_file.layout}, {len(keras_file.weights)} layers with weights")
+    print(f"  model: {_model_summary(model)}")
+    print(f"  params: {count_numbers(variables['params']):,}  batch_stats: {count_numbers(variables['batch_stats']):,}")
+    if args.export:
+        print(f"  exported to {save_keras_h5(args.export, variables)}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from .errors import run_cli
+
+    return run_cli(build_parser, run, argv)
 
 
 if __name__ == "__main__":

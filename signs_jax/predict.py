@@ -109,7 +109,6 @@ def main(argv=None) -> int:
 def run(args) -> int:
     import logging
 
-    from .cache import enable_compilation_cache
     from .errors import UserError
     from .images import expand_inputs
     from .weights import load_weights
@@ -117,7 +116,6 @@ def run(args) -> int:
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be at least 1")
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only checkpoint directories
-    enable_compilation_cache()
     files, errors = expand_inputs(args.inputs)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)

@@ -281,10 +281,6 @@ def _setup(args) -> _Job:
 
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     dp = DataParallel.over_all_devices()
-    if dp.process_count == 1:  # a second run of the same model skips its compiles
-        from .cache import enable_compilation_cache
-
-        enable_compilation_cache()
     if dp.process_count > 1 and not (args.run or args.resume):
         raise UserError("multi-process training needs --run NAME so that every process writes the same run")
     run_dir = _prepare_run_dir(args)
@@ -458,8 +454,10 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     from .errors import run_cli
+    from .parallel import multi_process
 
-    return run_cli(build_parser, run, argv)
+    # the compilation cache serves single-process runs only
+    return run_cli(build_parser, run, argv, compilation_cache=lambda args: not multi_process(args.coordinator))
 
 
 if __name__ == "__main__":
