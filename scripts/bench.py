@@ -61,11 +61,13 @@ def jax_runners(args, out: dict) -> dict:
     import jax.numpy as jnp
 
     import signs_jax
+    from signs_jax.models import conv_name
     from signs_jax.recipes import RECIPES
     from signs_jax.steps import create_state, make_optimizer, make_train_step
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     model = signs_jax.ResNet50(width=args.width, dtype=dtype, conv=args.conv)
+    out["conv"] = conv_name(model)
     recipe = RECIPES["original"].replace(batch_size=args.batch_size)  # Adam, as the course trains
     tx = make_optimizer(recipe, 33)
     rng = np.random.default_rng(0)
@@ -174,12 +176,12 @@ def _measure(runners: dict, repeats: int, out: dict, min_warmup: int, max_warmup
 
 def main(argv=None):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from signs_jax.models import CONV_IMPLEMENTATIONS, DEFAULT_CONV
+    from signs_jax.models import CONV_IMPLEMENTATIONS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     measurement = [  # the options that define one measurement: --processes passes them all to each process
-        p.add_argument("--conv", choices=sorted(CONV_IMPLEMENTATIONS), default=DEFAULT_CONV,
-                       help="convolution implementation (default: %(default)s, ResNet50's)"),
+        p.add_argument("--conv", choices=sorted(CONV_IMPLEMENTATIONS),
+                       help="convolution implementation (default: ResNet50's for the backend JAX runs on)"),
         p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                        help="compute dtype (params stay float32)"),
         p.add_argument("--width", type=float, default=1.0, help="filter-count multiplier (1.0 = the full ResNet50)"),

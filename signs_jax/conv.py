@@ -311,7 +311,7 @@ class MatmulConv(nn.Module):
     """`flax.linen.Conv` (Keras init: glorot_uniform kernel, zero bias) computed as im2col + one matmul.
 
     Computes in `dtype` (the matmul accumulates in float32); params are `param_dtype`. With
-    `inference` (what `ResNet` sets when not training) a conv whose taps fall on padding often
+    `inference` (`MatmulInferenceConv`, the model's conv when not training) a conv whose taps fall on padding often
     enough computes as `conv_skipping_padding`, and other 3x3 stride-1 convs as `winograd_conv`.
     """
 
@@ -343,3 +343,8 @@ class MatmulConv(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return y.astype(self.dtype)
+
+
+# What `ResNet` computes with when not training, for a model that trains with `MatmulConv`: one
+# module-level object, so that equal models stay equal (and share their compiled steps).
+MatmulInferenceConv = functools.partial(MatmulConv, inference=True)

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-sizes", default="3,4,6,3", help="blocks per stage (default: %(default)s, ResNet50)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize image-folder data to H W")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay float32)")
-    p.add_argument("--conv", default=None, help="convolution implementation (default: the fastest exact one)")
+    p.add_argument("--conv", default=None, help="convolution implementation, xla or matmul (default: matmul on CPU, "
+                   "xla on GPU/TPU, chosen again wherever the run is resumed or its weights are used)")
     p.add_argument("--eval-batch-size", type=int, default=120)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
     dist = p.add_argument_group("multi-process training (jax.distributed; or SIGNS_JAX_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)")
@@ -78,11 +79,11 @@ def _prepare_run_dir(args) -> Path:
 
 
 def _new_config(args, dataset) -> Dict[str, Any]:
-    from .models import CONV_IMPLEMENTATIONS, DEFAULT_CONV
+    from .models import CONV_IMPLEMENTATIONS
 
     recipe = RECIPES[args.recipe].replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    conv = args.conv or DEFAULT_CONV
-    if conv not in CONV_IMPLEMENTATIONS:
+    conv = args.conv  # None: the default of the backend the model is built on, at every restore too
+    if conv is not None and conv not in CONV_IMPLEMENTATIONS:
         raise UserError(f"--conv {conv}: choose from {', '.join(sorted(CONV_IMPLEMENTATIONS))}")
     try:
         stage_sizes = [int(s) for s in args.stage_sizes.split(",")]

@@ -12,7 +12,8 @@ import pytest
 from conftest import KERAS_FILES, ROOT
 from signs_jax import _runtime, evaluate, keras_h5, predict, train
 
-glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc")
+glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="glibc's malloc")
 BARE_ENV = {"PATH": "/usr/bin:/bin"}
 
 # Fresh 96 MB blocks from malloc, each written once, as a compiled step allocates its temporaries:
@@ -67,7 +68,8 @@ def test_glibc_tunables_give_a_script_the_same_malloc_settings():
     assert faults_per_block(SIGNS_JAX_MALLOC="default", GLIBC_TUNABLES=tunables)[1] < 100
     # each of the three is needed: without it the fresh blocks fault again
     for left_out in range(len(_runtime.MALLOC_SETTINGS)):
-        partial = ":".join(f"{name}={value}" for i, (_, value, name) in enumerate(_runtime.MALLOC_SETTINGS) if i != left_out)
+        partial = ":".join(f"{name}={value}" for i, (_, value, name) in enumerate(_runtime.MALLOC_SETTINGS)
+                           if i != left_out)
         assert faults_per_block(SIGNS_JAX_MALLOC="default", GLIBC_TUNABLES=partial)[1] > 20_000, partial
 
 
