@@ -14,11 +14,10 @@ the JAX step; docs/performance.md has the spreads measured), so one process is o
 process's numbers and reports their medians. The timed calls run with Python's cyclic garbage
 collector blind to the set-up's objects (see `measure`). Compile times are given as wall and as CPU
 seconds (the XLA compiler is mostly single-threaded, so its CPU time is what it takes on an idle
-machine). Like the command-line tools, the run first sets glibc's allocator to reuse freed memory
-(`signs_jax.allocator`; tf-keras shares the process and the setting) and adds the package's XLA
-CPU flags (`signs_jax.xla_flags`), both through `signs_jax.process.set_up_process`;
-SIGNS_JAX_MALLOC=default measures with glibc's defaults, and a flag set in XLA_FLAGS beforehand
-keeps its value.
+machine). The run first applies the command-line tools' process set-up (`signs_jax._runtime`,
+docs/runtime.md) without the compilation cache, which would hide the compile times: glibc's malloc
+settings (tf-keras shares the process and them) and XLA's CPU flags. SIGNS_JAX_MALLOC=default
+measures with glibc's defaults, and a flag set in XLA_FLAGS beforehand keeps its value.
 """
 import argparse
 import gc
@@ -62,11 +61,13 @@ def jax_runners(args, out: dict) -> dict:
     import jax.numpy as jnp
 
     import signs_jax
+    from signs_jax.models import conv_name
     from signs_jax.recipes import RECIPES
     from signs_jax.steps import create_state, make_optimizer, make_train_step
 
     dtype = jnp.bfloat16 if args.dtype == "bfloat16" else jnp.float32
     model = signs_jax.ResNet50(width=args.width, dtype=dtype, conv=args.conv)
+    out["conv"] = conv_name(model)
     recipe = RECIPES["original"].replace(batch_size=args.batch_size)  # Adam, as the course trains
     tx = make_optimizer(recipe, 33)
     rng = np.random.default_rng(0)
@@ -175,12 +176,12 @@ def _measure(runners: dict, repeats: int, out: dict, min_warmup: int, max_warmup
 
 def main(argv=None):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from signs_jax.models import CONV_IMPLEMENTATIONS, DEFAULT_CONV
+    from signs_jax.models import CONV_IMPLEMENTATIONS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     measurement = [  # the options that define one measurement: --processes passes them all to each process
-        p.add_argument("--conv", choices=sorted(CONV_IMPLEMENTATIONS), default=DEFAULT_CONV,
-                       help="convolution implementation (default: %(default)s, ResNet50's)"),
+        p.add_argument("--conv", choices=sorted(CONV_IMPLEMENTATIONS),
+                       help="convolution implementation (default: ResNet50's for the backend JAX runs on)"),
         p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                        help="compute dtype (params stay float32)"),
         p.add_argument("--width", type=float, default=1.0, help="filter-count multiplier (1.0 = the full ResNet50)"),
@@ -202,13 +203,12 @@ def main(argv=None):
         result = median_over_processes([run_in_fresh_process(command, i, args.processes) for i in range(args.processes)])
         return report(result, args.json)
 
-    from signs_jax.process import set_up_process
+    from signs_jax._runtime import set_up
 
-    # as the command-line tools do; tf-keras, in the same process, runs with the same allocator
-    malloc = "reuse_freed_memory" if set_up_process() else "default"
+    setup = set_up(compilation_cache=False)
     result = {"conv": args.conv, "dtype": args.dtype, "width": args.width, "batch_size": args.batch_size,
-              "infer_batch_size": args.infer_batch_size, "repeats": args.repeats, "malloc": malloc,
-              "xla_flags": os.environ.get("XLA_FLAGS", "")}
+              "infer_batch_size": args.infer_batch_size, "repeats": args.repeats,
+              "malloc": "reuse_freed_memory" if setup.malloc else "default", "xla_flags": setup.xla_flags}
     runners = jax_runners(args, result)
     if args.compare == "keras":
         runners.update(keras_runners(args, result))

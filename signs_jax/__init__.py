@@ -24,7 +24,6 @@ _EXPORTS = {
     "load_weights": "weights",
     "load_signs": "data",
     "load_dataset": "data",
-    "enable_compilation_cache": "cache",
 }
 
 __all__ = sorted(_EXPORTS)

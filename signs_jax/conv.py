@@ -6,7 +6,8 @@ k x k conv concatenates the k*k shifted views of the padded input along channels
 one matmul with the kernel reshaped to (k*k*in, out). The backward pass is written out by hand
 (`conv_as_matmul`): see there why. Inference has two more paths, chosen by the conv's geometry:
 `conv_skipping_padding` where many taps fall on padding, `winograd_conv` for the other 3x3 stride-1
-convs. docs/performance.md has the measurements.
+convs. docs/performance.md has the measurements, all on XLA's CPU backend: this is the CPU's default
+conv only (`backends.default_conv`).
 """
 import functools
 from typing import Any, Sequence, Tuple, Union
@@ -54,8 +55,7 @@ def concatenated_views(x, kernel_size: Sequence[int], strides: Sequence[int], sp
     concatenate only if it has at most 8 operands and is not along the minor axis. A flat
     concatenation of kh*kw views along the channels is neither: XLA wrote out every view, copied
     them into the concatenation and, for bfloat16, copied that once more (`move_bits`). Nested, the
-    patches are one loop fusion that writes them once: 1.07x bfloat16 and 1.01x float32 train step,
-    the same bits.
+    patches are one loop fusion that writes them once: a faster train step, the same bits.
     """
     kh, kw = kernel_size
     views = shifted_views(x, kernel_size, strides, spatial_axes)
@@ -96,9 +96,9 @@ def max_pool(x, window: Tuple[int, int], strides: Tuple[int, int]):
 
     XLA lowers the gradient of its own reduce-window max as a variadic reduce-window over index
     tensors; this backward pass masks each view's first maximum and sums plain shifts per stride
-    phase (1.02x on the train step). Like TensorFlow, the gradient goes to the first maximum of a window.
+    phase: a faster train step. Like TensorFlow, the gradient goes to the first maximum of a window.
     The backward pass computes in float32 whatever `x`'s dtype: XLA's CPU loops over bfloat16 pads
-    and sums ran 4x slower than over float32 here (1.06x on the bfloat16 train step).
+    and sums ran several times slower than over float32 here.
     """
     return functools.reduce(jnp.maximum, shifted_views(x, window, strides))
 
@@ -142,7 +142,7 @@ max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 def move_bits(f, x, *args):
     """Run `f`, which only moves elements (slices, pads, transposes, concatenations), on the bits of a
     bfloat16 `x`: XLA's CPU backend concatenates bfloat16 arrays in float32 (convert, concatenate,
-    convert back), three passes at twice the bytes. Measured 1.14x bfloat16 inference."""
+    convert back), three passes at twice the bytes."""
     if x.dtype != jnp.bfloat16:
         return f(x, *args)
     return jax.lax.bitcast_convert_type(f(jax.lax.bitcast_convert_type(x, jnp.uint16), *args), jnp.bfloat16)
@@ -175,7 +175,7 @@ def _conv_as_matmul_fwd(x, kernel, kernel_size, strides, pads):
     # The kernel gradient needs the patches again. float32 keeps them and contracts over their major
     # axis. For bfloat16 XLA's CPU dot has no kernel for that contraction: it would convert both
     # operands to float32 (and folds any explicit transpose back into the dot), so the backward
-    # pass rebuilds the patches transposed from `x` instead: 1.25x on the bfloat16 train step.
+    # pass rebuilds the patches transposed from `x` instead.
     return y, (x, patches if x.dtype == jnp.float32 else None, kernel)
 
 
@@ -185,15 +185,14 @@ def _conv_as_matmul_bwd(kernel_size, strides, pads, residuals, g):
     # The kernel gradient contracts over batch x pixels, the major axis of both operands, so XLA
     # lays the output gradient out transposed. Left to itself it fuses that transpose into the
     # BatchNorm-backward fusion that produces `g`, whose strided writes then cost more than the
-    # matmuls (16 % of a float32 train step). The barrier keeps `g` a plain row-major array;
-    # the dot then reads it transposed for free (measured 1.2x on the whole train step).
+    # matmuls. The barrier keeps `g` a plain row-major array; the dot then reads it transposed for free.
     g = jax.lax.optimization_barrier(g.astype(x.dtype))
     d_patches = jnp.dot(g, kernel_2d.T, preferred_element_type=jnp.float32)
     # col2im (the transpose of im2col) sums up to kh*kw patch entries per pixel: in float32.
     _, col2im = jax.vjp(lambda x32: im2col(x32, kernel_size, strides, pads), x.astype(jnp.float32))
     d_x = col2im(d_patches)[0].astype(x.dtype)
     # Flattened to (pixels, channels), the dot reads both operands in place; contracted over the 4-D
-    # arrays, XLA copied one into a transposed layout first (52 copies, about 5 % of a float32 step).
+    # arrays, XLA copied one into a transposed layout first.
     g = g.reshape(-1, g.shape[-1])
     if patches is not None:
         patches = patches.reshape(-1, patches.shape[-1])
@@ -208,8 +207,8 @@ conv_as_matmul.defvjp(_conv_as_matmul_fwd, _conv_as_matmul_bwd)
 
 
 # Inference only: skip the kernel taps that fall on zero padding where at least this fraction of a
-# conv's taps does (the 3x3 convs at 4x4 and 2x2 pixels: 31 % and 56 %). Measured 1.04x inference in
-# float32 and bfloat16; in training the gradients' extra pads ate the saved flops (0.96-0.99x).
+# conv's taps does (ResNet50's 3x3 convs at 4x4 and 2x2 pixels). Faster inference in float32 and
+# bfloat16; in training the gradients' extra pads ate the saved flops.
 # Below it, 3x3 stride-1 convs (15x15 and 8x8 pixels) compute as Winograd F(2x2, 3x3) instead.
 SKIP_PADDING_MIN_FRACTION = 0.25
 
@@ -283,8 +282,7 @@ def winograd_conv(x, kernel, pads):
     channels are one batched matmul of (tiles, C) by (C, out), and the output transform turns them
     into 2x2 output pixels. The transforms only add and subtract (the kernel's also halve), in
     float32; the matmul runs in `x`'s dtype. The result differs from im2col's by a few float32
-    roundings (ResNet50's logits by ~1e-7). Per conv at batch 120: 1.0-1.3x at 15x15x64, 1.5x at
-    8x8x128, slower at 4x4 and 2x2 (docs/performance.md).
+    roundings. Faster than im2col for ResNet50's 15x15 and 8x8 convs, slower at 4x4 and 2x2.
     """
     (top, bottom), (left, right) = pads
     n, h, w, c = x.shape
@@ -311,7 +309,7 @@ class MatmulConv(nn.Module):
     """`flax.linen.Conv` (Keras init: glorot_uniform kernel, zero bias) computed as im2col + one matmul.
 
     Computes in `dtype` (the matmul accumulates in float32); params are `param_dtype`. With
-    `inference` (what `ResNet` sets when not training) a conv whose taps fall on padding often
+    `inference` (`MatmulInferenceConv`, the model's conv when not training) a conv whose taps fall on padding often
     enough computes as `conv_skipping_padding`, and other 3x3 stride-1 convs as `winograd_conv`.
     """
 
@@ -343,3 +341,8 @@ class MatmulConv(nn.Module):
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return y.astype(self.dtype)
+
+
+# What `ResNet` computes with when not training, for a model that trains with `MatmulConv`: one
+# module-level object, so that equal models stay equal (and share their compiled steps).
+MatmulInferenceConv = functools.partial(MatmulConv, inference=True)

@@ -24,14 +24,15 @@ def cli_main(main):
     return wrapper
 
 
-def run_cli(build_parser, run, argv=None) -> int:
+def run_cli(build_parser, run, argv=None, compilation_cache=lambda args: True) -> int:
     """Parse `argv` with `build_parser()` and call `run(args)` with `cli_main`'s error handling.
 
-    Every command-line tool runs JAX steps, so this is where the process is set up
-    (`process.set_up_process`: malloc settings, XLA's CPU flags), before JAX starts.
+    Every command-line tool runs JAX steps, so this is where the process is set up (`_runtime.set_up`:
+    malloc settings, XLA's CPU flags, the compilation cache unless `compilation_cache(args)` is false),
+    before JAX starts.
     """
-    from .process import set_up_process
+    from ._runtime import set_up
 
     args = build_parser().parse_args(argv)
-    set_up_process()
+    set_up(compilation_cache=compilation_cache(args))
     return cli_main(run)(args)

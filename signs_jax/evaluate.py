@@ -91,14 +91,12 @@ def run(args) -> int:
 
     import numpy as np
 
-    from .cache import enable_compilation_cache
     from .data import load_dataset, near_copy_mask
     from .errors import UserError
     from .steps import evaluate, make_eval_step
     from .weights import load_weights
 
     logging.getLogger("absl").setLevel(logging.ERROR)
-    enable_compilation_cache()
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     from .files import check_write_target

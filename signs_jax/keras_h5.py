@@ -180,7 +180,7 @@ def load_keras_h5(path, model=None):
     """
     import jax.numpy as jnp
 
-    from .models import ResNet50, abstract_variables
+    from .models import abstract_variables
 
     path = Path(path)
     keras_file = read_keras_h5(path)
@@ -321,10 +321,8 @@ def save_keras_h5(path, variables) -> Path:
 # Command line: python -m signs_jax.keras_h5 FILE [--export OUT]
 
 
-def main(argv=None) -> int:
+def build_parser():
     import argparse
-
-    from .errors import cli_main
 
     parser = argparse.ArgumentParser(
         prog="python -m signs_jax.keras_h5",
@@ -335,26 +333,30 @@ def main(argv=None) -> int:
     parser.add_argument("--export", metavar="OUT.h5",
                         help="write the loaded weights as a Keras 2 weights file; OUT.h5 must not be FILE, a directory "
                         "or an existing file other than an HDF5 file, and is replaced atomically")
-    args = parser.parse_args(argv)
+    return parser
 
-    @cli_main
-    def run(_):
-        from .files import check_write_target
-        from .models import count_numbers
 
-        if args.export:  # before the (slow) load: a wrong target is reported at once
-            check_write_target(args.export, "--export", "h5", inputs=[args.file])
+def run(args) -> int:
+    from .files import check_write_target
+    from .models import count_numbers
 
-        keras_file = read_keras_h5(args.file)
-        model, variables = load_keras_h5(args.file)
-        print(f"{args.file}: {keras_file.layout}, {len(keras_file.weights)} layers with weights")
-        print(f"  model: {_model_summary(model)}")
-        print(f"  params: {count_numbers(variables['params']):,}  batch_stats: {count_numbers(variables['batch_stats']):,}")
-        if args.export:
-            print(f"  exported to {save_keras_h5(args.export, variables)}")
-        return 0
+    if args.export:  # before the (slow) load: a wrong target is reported at once
+        check_write_target(args.export, "--export", "h5", inputs=[args.file])
 
-    return run(None)
+    keras_file = read_keras_h5(args.file)
+    model, variables = load_keras_h5(args.file)
+    print(f"{args.file}: {keras_file.layout}, {len(keras_file.weights)} layers with weights")
+    print(f"  model: {_model_summary(model)}")
+    print(f"  params: {count_numbers(variables['params']):,}  batch_stats: {count_numbers(variables['batch_stats']):,}")
+    if args.export:
+        print(f"  exported to {save_keras_h5(args.export, variables)}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from .errors import run_cli
+
+    return run_cli(build_parser, run, argv)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ def batch_normalize(x, scale, bias, epsilon: float):
 
     The backward pass is written out because autodiff of the formula reads and writes the
     activation-sized arrays in more passes than the two this one needs (one pass of reductions, one
-    elementwise pass). With the 2-D kernel-gradient dot of `conv.conv_as_matmul`, measured 1.07x on
-    the float32 train step (docs/performance.md).
+    elementwise pass); with the 2-D kernel-gradient dot of `conv.conv_as_matmul` the float32 train
+    step is faster (docs/performance.md).
     """
     return _batch_normalize_fwd(x, scale, bias, epsilon)[0]
 

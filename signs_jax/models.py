@@ -7,21 +7,22 @@ Submodules carry Keras's names (`conv1`, `bn_conv1`, `res2a/branch2a`, `res2a/bn
 """
 import functools
 import string
-from typing import Any, Callable, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from . import config
-from .conv import MatmulConv, max_pool
+from . import backends, config
+from .conv import MatmulConv, MatmulInferenceConv, max_pool
 from .layers import BatchNorm, Dense, XlaConv
 
 ModuleDef = Any
 
-DEFAULT_CONV = "matmul"
 CONV_IMPLEMENTATIONS = {"xla": XlaConv, "matmul": MatmulConv}
+# The conv a model computes with when not training, where it differs from the training one.
+INFERENCE_CONVS = {"matmul": MatmulInferenceConv}
 
 
 def block_name(stage_index: int, block_index: int) -> str:
@@ -73,7 +74,8 @@ class ResNet(nn.Module):
     """ZeroPad 3 -> conv 7x7/2 -> BN -> ReLU -> max-pool 3x3/2 -> bottleneck stages -> avg-pool 2x2 -> Dense.
 
     Returns float32 logits. `input_shape` is the image size the weights were made for (it fixes the
-    Dense input width); callers resize images to it.
+    Dense input width); callers resize images to it. `inference_conv`, when given, replaces `conv`
+    when not training (it must own the same parameters); None computes with `conv` in both modes.
     """
 
     stage_sizes: Sequence[int]
@@ -86,12 +88,12 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     conv: ModuleDef = XlaConv
     norm: ModuleDef = BatchNorm
+    inference_conv: Optional[ModuleDef] = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        conv = functools.partial(self.conv, dtype=self.dtype, param_dtype=jnp.float32)
-        if not train and "inference" in getattr(self.conv, "__dataclass_fields__", {}):
-            conv = functools.partial(conv, inference=True)  # inference-only conv paths: see conv.MatmulConv
+        conv = self.conv if train or self.inference_conv is None else self.inference_conv
+        conv = functools.partial(conv, dtype=self.dtype, param_dtype=jnp.float32)
         norm = functools.partial(self.norm, use_running_average=not train, momentum=self.bn_momentum, dtype=self.dtype)
 
         x = jnp.asarray(x, self.dtype)
@@ -119,14 +121,18 @@ def ResNet50(
     stage_sizes: Sequence[int] = config.RESNET50_STAGE_SIZES,
     input_shape: Tuple[int, int, int] = config.INPUT_SHAPE,
     dtype: Any = jnp.float32,
-    conv: str = DEFAULT_CONV,
+    conv: Optional[str] = None,
     bn_momentum: float = config.BN_MOMENTUM,
 ) -> ResNet:
     """The original model; `width` scales every filter count and `stage_sizes` sets the depth.
 
     `ResNet50(num_classes=6)` is the course model. Narrow or shallow variants (for tests and quick
-    experiments) use the same code: `ResNet50(width=0.125, stage_sizes=(1, 1, 1, 1))`.
+    experiments) use the same code: `ResNet50(width=0.125, stage_sizes=(1, 1, 1, 1))`. `conv` names
+    the convolution implementation (`CONV_IMPLEMENTATIONS`); None takes the default of the backend
+    JAX runs on now (`backends.default_conv`). Every implementation owns the same parameters.
     """
+    if conv is None:
+        conv = backends.default_conv()
     if conv not in CONV_IMPLEMENTATIONS:
         raise ValueError(f"unknown conv implementation {conv!r}; choose from {sorted(CONV_IMPLEMENTATIONS)}")
     if len(stage_sizes) != len(config.RESNET50_STAGE_FILTERS) or min(stage_sizes) < 1:
@@ -139,8 +145,14 @@ def ResNet50(
         input_shape=tuple(input_shape),
         dtype=dtype,
         conv=CONV_IMPLEMENTATIONS[conv],
+        inference_conv=INFERENCE_CONVS.get(conv),
         bn_momentum=bn_momentum,
     )
+
+
+def conv_name(model: ResNet) -> Optional[str]:
+    """The `CONV_IMPLEMENTATIONS` name of the convolution `model` trains with (None for another conv)."""
+    return next((name for name, conv in CONV_IMPLEMENTATIONS.items() if conv is model.conv), None)
 
 
 def _dummy_input(model: ResNet, batch: int = 1):

@@ -18,6 +18,11 @@ ENV_NUM_PROCESSES = "SIGNS_JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "SIGNS_JAX_PROCESS_ID"
 
 
+def multi_process(coordinator: Optional[str]) -> bool:
+    """Whether `initialize_distributed` will join several processes (a coordinator is given)."""
+    return bool(coordinator or os.environ.get(ENV_COORDINATOR))
+
+
 def initialize_distributed(coordinator: Optional[str], num_processes: Optional[int], process_id: Optional[int]) -> None:
     """`jax.distributed.initialize` from flags or SIGNS_JAX_* variables; nothing when neither is set."""
     coordinator = coordinator or os.environ.get(ENV_COORDINATOR)

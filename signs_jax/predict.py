@@ -128,13 +128,11 @@ def validate_args(args) -> None:
 def run(args) -> int:
     import logging
 
-    from .cache import enable_compilation_cache
     from .images import expand_inputs
     from .weights import load_weights
 
     validate_args(args)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only checkpoint directories
-    enable_compilation_cache()
     files, errors = expand_inputs(args.inputs)
     for line in errors:
         print(f"error: {line}", file=sys.stderr)

@@ -508,7 +508,6 @@ def run(args) -> int:
     import json
     import logging
 
-    from .cache import enable_compilation_cache
     from .data import load_dataset
     from .errors import UserError
     from .weights import load_weights
@@ -519,7 +518,6 @@ def run(args) -> int:
         raise UserError("--seed must be 0 or more")
     if not 1 <= args.examples_scale <= 16:
         raise UserError("--examples-scale must be 1..16")
-    enable_compilation_cache()
     weights = load_weights(args.weights, args.workdir)
     model = weights.model
     data_dir = cli.data_dir(args.data_dir)

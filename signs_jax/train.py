@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-sizes", default="3,4,6,3", help="blocks per stage (default: %(default)s, ResNet50)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize image-folder data to H W")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay float32)")
-    p.add_argument("--conv", default=None, help="convolution implementation (default: the fastest exact one)")
+    p.add_argument("--conv", default=None, help="convolution implementation, xla or matmul (default: matmul on CPU, "
+                   "xla on GPU/TPU, chosen again wherever the run is resumed or its weights are used)")
     p.add_argument("--eval-batch-size", type=int, default=120, help="images per evaluation pass (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
     dist = p.add_argument_group("multi-process training (jax.distributed; or SIGNS_JAX_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)")
@@ -282,11 +283,11 @@ def _check_resume(args, cfg: Dict[str, Any], run_dir: Path) -> bool:
 
 
 def _new_config(args, dataset) -> Dict[str, Any]:
-    from .models import CONV_IMPLEMENTATIONS, DEFAULT_CONV
+    from .models import CONV_IMPLEMENTATIONS
 
     recipe = RECIPES[args.recipe].replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    conv = args.conv or DEFAULT_CONV
-    if conv not in CONV_IMPLEMENTATIONS:
+    conv = args.conv  # None: the default of the backend the model is built on, at every restore too
+    if conv is not None and conv not in CONV_IMPLEMENTATIONS:
         raise UserError(f"--conv {conv}: choose from {', '.join(sorted(CONV_IMPLEMENTATIONS))}")
     stage_sizes = _stage_sizes(args.stage_sizes)
     return {
@@ -495,10 +496,6 @@ def _setup(args, place: RunDirectory) -> _Job:
 
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     dp = DataParallel.over_all_devices()
-    if dp.process_count == 1:  # a second run of the same model skips its compiles
-        from .cache import enable_compilation_cache
-
-        enable_compilation_cache()
     if dp.process_count > 1 and not (args.run or args.resume):
         raise UserError("multi-process training needs --run NAME so that every process writes the same run")
     run_dir = place.prepare(dp.is_primary)
@@ -694,8 +691,10 @@ def _train(args, place: RunDirectory) -> int:
 
 def main(argv=None) -> int:
     from .errors import run_cli
+    from .parallel import multi_process
 
-    return run_cli(build_parser, run, argv)
+    # the compilation cache serves single-process runs only
+    return run_cli(build_parser, run, argv, compilation_cache=lambda args: not multi_process(args.coordinator))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ XLA compiles dominate the suite's time, so compiled functions are built once per
 import os
 from pathlib import Path
 
-from signs_jax.process import set_up_process
+from signs_jax._runtime import set_up
 
-# The same process set-up as the command-line tools, before JAX starts: the tests then run under
-# the XLA flags users get (turning loop unrolling off changes the last bits of some results, and
-# training that resumes in a tool must continue this process's numbers exactly).
-set_up_process()
+# The command-line tools' process set-up, before JAX starts: the tests then run under the XLA flags
+# the tools' users get (turning loop unrolling off changes the last bits of some results, and
+# training that resumes in a tool must continue this process's numbers exactly). The compilation
+# cache stays off: tests that need it give the tools a private one.
+set_up(compilation_cache=False)
 
 import h5py  # noqa: E402
 import jax  # noqa: E402

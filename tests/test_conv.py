@@ -1,6 +1,5 @@
 """Every convolution implementation computes what lax.conv computes, values and gradients."""
 import functools
-import inspect
 import re
 
 import jax
@@ -10,7 +9,7 @@ import pytest
 
 import signs_jax
 from signs_jax import conv as conv_module
-from signs_jax.conv import MatmulConv, same_padding
+from signs_jax.conv import MatmulConv, MatmulInferenceConv, same_padding
 from signs_jax.layers import XlaConv
 from signs_jax.models import CONV_IMPLEMENTATIONS
 
@@ -133,7 +132,7 @@ def test_bfloat16_patches_are_written_once(build):
 
 
 def test_the_model_takes_the_inference_conv_paths_in_inference_only():
-    model = signs_jax.ResNet50(width=0.125)
+    model = signs_jax.ResNet50(width=0.125, conv="matmul")
     x = jnp.zeros((1, 64, 64, 3))
     variables = signs_jax.init_variables(model, jax.random.key(0))
 
@@ -146,6 +145,8 @@ def test_the_model_takes_the_inference_conv_paths_in_inference_only():
     # stage 2's and 3's (15x15 and 8x8) become one Winograd matmul batched over the 16 tile products
     winograd_matmul = "dimension_numbers=(([2], [1]), ([0], [0]))"
     assert inference.count(winograd_matmul) == 3 + 4 and training.count(winograd_matmul) == 0
+    without = str(jax.make_jaxpr(lambda v: model.clone(inference_conv=None).apply(v, x))(variables))
+    assert without.count("dot_general") == training.count("dot_general") and winograd_matmul not in without
 
 
 def test_same_padding_is_tensorflows():
@@ -173,15 +174,14 @@ def test_bfloat16_compute_keeps_float32_params_and_gradients(name):
         np.testing.assert_allclose(g, r, rtol=0.05, atol=0.05 * float(jnp.abs(r).max()))
 
 
-def test_the_default_model_uses_the_matmul_conv():
-    assert inspect.signature(signs_jax.ResNet50).parameters["conv"].default == "matmul"
-    assert signs_jax.ResNet50().conv is MatmulConv
-
-
-def test_xla_conv_path_also_matches_keras(keras_loaded, keras_images, keras_expected):
+@pytest.mark.parametrize("conv, inference_conv", [
+    (MatmulConv, MatmulInferenceConv), (MatmulConv, None), (XlaConv, None), (XlaConv, MatmulInferenceConv),
+])
+def test_every_conv_pairing_matches_keras(keras_loaded, keras_images, keras_expected, conv, inference_conv):
+    """`ResNet`'s inference conv is a field of its own: whichever pair computes, Keras's probabilities."""
     model, variables = keras_loaded
-    xla_model = model.clone(conv=XlaConv)
-    probs = jax.jit(lambda v, x: jax.nn.softmax(xla_model.apply(v, x)))(variables, keras_images)
+    model = model.clone(conv=conv, inference_conv=inference_conv)
+    probs = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x)))(variables, keras_images)
     np.testing.assert_allclose(np.asarray(probs), keras_expected["probabilities"], atol=1e-5, rtol=0)
 
 
