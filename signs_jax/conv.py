@@ -90,55 +90,6 @@ def shifted_views(x, kernel_size: Sequence[int], strides: Sequence[int], spatial
     return [view(i, j) for i, j in window_offsets(kernel_size)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def max_pool(x, window: Tuple[int, int], strides: Tuple[int, int]):
-    """'VALID' max-pooling of (N, H, W, C) as the maximum of the window's shifted views.
-
-    XLA lowers the gradient of its own reduce-window max as a variadic reduce-window over index
-    tensors; this backward pass masks each view's first maximum and sums plain shifts per stride
-    phase: a faster train step. Like TensorFlow, the gradient goes to the first maximum of a window.
-    The backward pass computes in float32 whatever `x`'s dtype: XLA's CPU loops over bfloat16 pads
-    and sums ran several times slower than over float32 here.
-    """
-    return functools.reduce(jnp.maximum, shifted_views(x, window, strides))
-
-
-def _max_pool_fwd(x, window, strides):
-    out = max_pool(x, window, strides)
-    return out, (x, out)
-
-
-def _max_pool_bwd(window, strides, residuals, g):
-    x, out = residuals
-    dtype, compute = x.dtype, jnp.promote_types(jnp.float32, x.dtype)
-    x, out, g = x.astype(compute), out.astype(compute), g.astype(compute)
-    n, h, w, c = x.shape
-    (sh, sw), (out_h, out_w) = strides, out.shape[1:3]
-    # Window offset (i, j) sends output pixel (p, q) to input pixel (s*p + i, s*q + j), i.e. to
-    # stride block (p + i // s, q + j // s) at phase (i % s, j % s). Summing per phase needs only
-    # plain shifts; the phases then interleave by a reshape. (Nine interior-padded arrays summed in
-    # one fusion cost XLA far more: index arithmetic per element for each of them.)
-    blocks_h, blocks_w = -(-h // sh) + (window[0] - 1) // sh, -(-w // sw) + (window[1] - 1) // sw
-    phases = {}
-    taken = jnp.zeros(out.shape, bool)
-    for (i, j), view in zip(window_offsets(window), shifted_views(x, window, strides)):
-        first = (view == out) & ~taken
-        taken = taken | first
-        rows, cols = (i // sh, blocks_h - out_h - i // sh), (j // sw, blocks_w - out_w - j // sw)
-        shifted = jnp.pad(jnp.where(first, g, jnp.zeros((), g.dtype)), ((0, 0), rows, cols, (0, 0)))
-        phase = (i % sh, j % sw)
-        phases[phase] = shifted if phase not in phases else phases[phase] + shifted
-    zeros = jnp.zeros((n, blocks_h, blocks_w, c), g.dtype)
-    grid = jnp.stack(
-        [jnp.stack([phases.get((pi, pj), zeros) for pj in range(sw)], axis=3) for pi in range(sh)], axis=2
-    )  # (n, blocks_h, sh, blocks_w, sw, c)
-    dx = grid.reshape(n, blocks_h * sh, blocks_w * sw, c)[:, :h, :w]
-    return (dx.astype(dtype),)
-
-
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
 def move_bits(f, x, *args):
     """Run `f`, which only moves elements (slices, pads, transposes, concatenations), on the bits of a
     bfloat16 `x`: XLA's CPU backend concatenates bfloat16 arrays in float32 (convert, concatenate,

@@ -15,8 +15,8 @@ import numpy as np
 from flax import linen as nn
 
 from . import backends, config
-from .conv import MatmulConv, MatmulInferenceConv, max_pool
-from .layers import BatchNorm, Dense, XlaConv
+from .conv import MatmulConv, MatmulInferenceConv
+from .layers import BatchNorm, Dense, XlaConv, max_pool
 
 ModuleDef = Any
 

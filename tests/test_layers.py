@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
-from signs_jax.conv import max_pool
-from signs_jax.layers import batch_normalize
+from signs_jax.layers import batch_normalize, max_pool
 
 
 def batch_normalize_by_autodiff(x, scale, bias, epsilon):
