@@ -20,25 +20,21 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
 from .errors import UserError
+from .models import ResNet50, abstract_variables
+from .steps import create_state
 
 KEEP_LATEST = 3
 CONFIG_FILE = "config.json"
 LOCK_FILE = "train.lock"
 
 
-def _ocp():
-    import orbax.checkpoint as ocp
-
-    return ocp
-
-
 def model_from_config(model_config: Dict[str, Any]):
     """Rebuild the ResNet50 variant a run trained, from the `model` part of its config.json."""
-    import jax.numpy as jnp
-
-    from .models import ResNet50
-
     return ResNet50(
         model_config["num_classes"],
         width=model_config["width"],
@@ -65,7 +61,6 @@ class RunCheckpoints:
     """Save every epoch (and on interruption); keep the latest few and the best by `score`."""
 
     def __init__(self, run_dir: Path, keep: int = KEEP_LATEST, read_only: bool = False):
-        ocp = _ocp()
         policies = ocp.checkpoint_managers
         self.directory = Path(run_dir).resolve() / "ckpt"
         options = ocp.CheckpointManagerOptions(
@@ -87,7 +82,6 @@ class RunCheckpoints:
 
     def save(self, step: int, state, meta: Dict[str, Any], score: Optional[float] = None, variables=None) -> None:
         """Save `state` for resuming and `variables` (default: the state's eval weights) for predicting."""
-        ocp = _ocp()
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             variables=ocp.args.StandardSave(variables if variables is not None else state.eval_variables()),
@@ -99,8 +93,6 @@ class RunCheckpoints:
     def stored_shapes(self, step: int, item: str = "variables") -> Dict[str, Tuple[int, ...]]:
         """{"params/conv1/kernel": shape, ...} of an item as stored at `step`, read from orbax's metadata
         without restoring anything."""
-        import jax
-
         tree = self.manager.item_metadata(step)[item]
         return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
                 for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
@@ -110,7 +102,6 @@ class RunCheckpoints:
 
     def restore_latest(self, abstract_state) -> Tuple[Any, Dict[str, Any], int]:
         """The newest checkpoint that restores; older ones are tried when newer ones are damaged."""
-        ocp = _ocp()
         errors = []
         for step in self.steps():
             try:
@@ -141,29 +132,17 @@ class RunCheckpoints:
 def _placed(abstract_tree, sharding):
     """`abstract_tree`'s shapes and dtypes with an explicit sharding: a checkpoint restores onto the devices
     of this process, whichever devices (or processes) wrote it."""
-    import jax
-
     return jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract_tree)
 
 
 def abstract_train_state(model, tx, seed: int, ema: bool, sharding):
     """The shapes of the TrainState that `steps.create_state` builds for `model`, placed on `sharding`,
     computing nothing: the target `RunCheckpoints.restore_latest` restores a run's state into."""
-    import jax
-
-    from .models import abstract_variables
-    from .steps import create_state
-
     return _placed(jax.eval_shape(lambda: create_state(abstract_variables(model), tx, seed, ema)), sharding)
 
 
 def restore_variables(run_dir: Path, step: Optional[int] = None) -> Tuple[Any, Dict[str, Any], int]:
     """(model, variables, step) of a run: its best checkpoint by default, else the newest readable one."""
-    import jax
-
-    from .models import abstract_variables
-
-    ocp = _ocp()
     run_dir = Path(run_dir)
     model = model_from_config(read_config(run_dir)["model"])
     if not (run_dir / "ckpt").is_dir():
