@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Iterator, List, NamedTuple, Optional, Tuple
 
+import h5py
 import numpy as np
 
 from . import config
@@ -131,8 +132,6 @@ def load_dataset(directory, image_size: Optional[Tuple[int, int]] = None) -> Dat
 
 
 def _read_h5_split(path: Path, x_key: str, y_key: str) -> Tuple[Split, Optional[List[str]]]:
-    import h5py
-
     if not path.exists():
         raise UserError(f"{path}: missing (the SIGNS data set needs {H5_FILES['train'][0]} and {H5_FILES['test'][0]} here)")
     try:
