@@ -93,7 +93,8 @@ def run(args) -> int:
 
     from .data import load_dataset, near_copy_mask
     from .errors import UserError
-    from .steps import evaluate, make_eval_step
+    from .loops import evaluate
+    from .steps import make_eval_step
     from .weights import load_weights
 
     logging.getLogger("absl").setLevel(logging.ERROR)

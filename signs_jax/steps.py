@@ -1,6 +1,7 @@
-"""Pure training and evaluation steps around one jit-compiled function each."""
+"""Pure training, evaluation and BatchNorm-statistics steps, one jit-compiled function each (loops.py runs them
+over a data set)."""
 import functools
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional
 
 import flax
 import jax
@@ -167,22 +168,6 @@ def make_eval_step(model, dp=None) -> Callable:
     return jax.jit(eval_step, in_shardings=(r, b, b, b), out_shardings=(r, r, r))
 
 
-def evaluate(eval_step, variables, split, batch_size: int, dp=None) -> Tuple[float, float, "jax.Array"]:
-    """Loss and accuracy over every example of `split`, and the probabilities (N, classes)."""
-    import numpy as np
-
-    from .data import eval_batches
-
-    loss, correct, probs = 0.0, 0, []
-    for images, labels, mask in eval_batches(split, batch_size):
-        batch = (images, labels, mask) if dp is None else dp.shard(images, labels, mask)
-        l, c, p = eval_step(variables, *batch)
-        loss, correct = loss + l, correct + c
-        probs.append(p[: int(mask.sum())])
-    n = len(split.labels)
-    return float(loss) / n, int(correct) / n, np.concatenate([np.asarray(p) for p in probs])
-
-
 def make_bn_statistics_step(model, dp=None) -> Callable:
     """`(variables, images uint8) -> batch_stats` holding this batch's own BatchNorm statistics.
 
@@ -198,21 +183,3 @@ def make_bn_statistics_step(model, dp=None) -> Callable:
     if dp is None:
         return jax.jit(batch_statistics)
     return jax.jit(batch_statistics, in_shardings=(dp.replicated, dp.batch), out_shardings=dp.replicated)
-
-
-def recalibrate_batch_stats(stats_step, variables, images, batch_size: int, dp=None) -> Dict[str, Any]:
-    """'Precise BatchNorm': population statistics of the current weights on un-augmented images.
-
-    The moving averages follow augmented batches (brightness and contrast widen the input variance)
-    and weights that kept changing; inference on clean images needs the statistics of clean images
-    under the final weights. Averages the statistics of every full batch of `images`.
-    """
-    total, count = None, 0
-    for start in range(0, len(images) - batch_size + 1, batch_size):
-        batch = images[start : start + batch_size]
-        stats = stats_step(variables, batch if dp is None else dp.shard(batch))
-        total = stats if total is None else jax.tree_util.tree_map(jnp.add, total, stats)
-        count += 1
-    if total is None:
-        return variables
-    return {"params": variables["params"], "batch_stats": jax.tree_util.tree_map(lambda s: s / count, total)}

@@ -600,7 +600,7 @@ def _train_epoch(job: _Job, progress: _Progress, stop: StopRequest, t0: float) -
 
 def _evaluate_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float):
     """(the epoch's metrics record, the weights it evaluated): BatchNorm recalibrated, then validation and test."""
-    from .steps import evaluate, recalibrate_batch_stats
+    from .loops import evaluate, recalibrate_batch_stats
 
     dataset, dp, sums, eval_batch_size = job.dataset, job.dp, progress.sums, job.cfg["eval_batch_size"]
     variables = progress.state.eval_variables()
