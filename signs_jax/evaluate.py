@@ -1,5 +1,6 @@
 """`python -m signs_jax.evaluate`: loss, accuracy, per-class precision/recall and a confusion matrix."""
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -26,7 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_EVAL_STEPS = {}
+@functools.lru_cache(maxsize=8)
+def compiled_eval_step(model):
+    """The jitted eval step of `model`: in-process callers (tests, notebooks) reuse it for an equal model."""
+    from .steps import make_eval_step
+
+    return make_eval_step(model)
 
 
 def confusion_matrix(labels, predictions, num_classes: int):
@@ -94,7 +100,6 @@ def run(args) -> int:
     from .data import load_dataset, near_copy_mask
     from .errors import UserError
     from .loops import evaluate
-    from .steps import make_eval_step
     from .weights import load_weights
 
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -114,9 +119,7 @@ def run(args) -> int:
         raise UserError(f"{data_dir}: {dataset.num_classes} classes, but the model has {model.num_classes}")
     if dataset.image_shape != tuple(model.input_shape):
         raise UserError(f"{data_dir}: images are {dataset.image_shape}, the model expects {tuple(model.input_shape)}")
-    if model not in _EVAL_STEPS:  # in-process callers (tests, notebooks) reuse the compiled step of an equal model
-        _EVAL_STEPS[model] = make_eval_step(model)
-    loss, accuracy, probs = evaluate(_EVAL_STEPS[model], weights.variables, dataset.test, args.batch_size)
+    loss, accuracy, probs = evaluate(compiled_eval_step(model), weights.variables, dataset.test, args.batch_size)
     predictions = probs.argmax(1)
     labels = dataset.test.labels
     matrix = confusion_matrix(labels, predictions, model.num_classes)

@@ -4,6 +4,7 @@ Nothing heavy is imported before the arguments are parsed: `--help` and argument
 """
 import argparse
 import csv
+import functools
 import json
 import sys
 
@@ -59,7 +60,7 @@ def predict_files(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True
 
     model = weights.model
     size = tuple(model.input_shape[:2])
-    forward = _compiled_forward()
+    forward = compiled_forward(model)
     in_flight = None  # (paths, probabilities on the device) of the batch being computed
 
     def files_in_batches():
@@ -83,7 +84,7 @@ def predict_files(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True
         # A fresh array each batch: on CPU, JAX may alias the numpy buffer while the batch computes.
         x = np.zeros((batch_size, *size, 3), np.float32)
         x[: len(pending)] = np.stack(pending)
-        launched = (paths, forward(model, weights.variables, x))
+        launched = (paths, forward(weights.variables, x))
         if in_flight:
             done_paths, probs = in_flight
             yield from zip(done_paths, np.asarray(probs)[: len(done_paths)])
@@ -93,17 +94,13 @@ def predict_files(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True
         yield from zip(done_paths, np.asarray(probs)[: len(done_paths)])
 
 
-_FORWARD = []
+@functools.lru_cache(maxsize=8)
+def compiled_forward(model):
+    """`(variables, images in [0, 1]) -> probabilities`, jitted once per model: repeated in-process calls
+    (tests, notebooks) with an equal model reuse the compiled executable."""
+    import jax
 
-
-def _compiled_forward():
-    """One jitted (model, variables, images) -> probabilities per process: the model is a static argument,
-    so repeated in-process calls (tests, notebooks) with an equal model reuse the compiled executable."""
-    if not _FORWARD:
-        import jax
-
-        _FORWARD.append(jax.jit(lambda model, v, x: jax.nn.softmax(model.apply(v, x)), static_argnums=0))
-    return _FORWARD[0]
+    return jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x)))
 
 
 def main(argv=None) -> int:

@@ -429,9 +429,9 @@ def parse_only(value: str | None) -> list:
 
 def make_predict_fn(model, variables, batch_size: int):
     """uint8 images -> probabilities, in batches of `batch_size` (the last one padded: one compile)."""
-    import jax
+    from .predict import compiled_forward
 
-    forward = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x)))
+    forward = compiled_forward(model)
 
     def predict(images):
         n = len(images)

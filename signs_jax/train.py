@@ -362,24 +362,22 @@ def transfer(target, source, name: str):
 # ------------------------------------------------------------------------------------------ loop
 
 
-class _CompiledSteps:
-    """Jitted steps per (model, recipe, steps per epoch): runs in one process share their compiles."""
+# Compiled functions are cached per hashable key (model, recipe, ...) with functools.lru_cache, here
+# and in the other tools: runs in one process (tests, notebooks, sweeps) share their compiles.
+@functools.lru_cache(maxsize=8)
+def compiled_optimizer(recipe: Recipe, steps_per_epoch: int):
+    from .steps import make_optimizer
 
-    @functools.lru_cache(maxsize=8)
-    def optimizer(self, recipe: Recipe, steps_per_epoch: int):
-        from .steps import make_optimizer
-
-        return make_optimizer(recipe, steps_per_epoch)
-
-    @functools.lru_cache(maxsize=8)
-    def __call__(self, model, recipe: Recipe, steps_per_epoch: int, dp):
-        from .steps import make_bn_statistics_step, make_eval_step, make_train_step
-
-        return (make_train_step(model, self.optimizer(recipe, steps_per_epoch), recipe, dp), make_eval_step(model, dp),
-                make_bn_statistics_step(model, dp))
+    return make_optimizer(recipe, steps_per_epoch)
 
 
-compiled_steps = _CompiledSteps()
+@functools.lru_cache(maxsize=8)
+def compiled_steps(model, recipe: Recipe, steps_per_epoch: int, dp):
+    """(train step, eval step, BatchNorm-statistics step) for one model and recipe."""
+    from .steps import make_bn_statistics_step, make_eval_step, make_train_step
+
+    tx = compiled_optimizer(recipe, steps_per_epoch)
+    return make_train_step(model, tx, recipe, dp), make_eval_step(model, dp), make_bn_statistics_step(model, dp)
 
 
 class StopRequest:
@@ -531,7 +529,7 @@ def _setup(args, place: RunDirectory) -> _Job:
     train_step, eval_step, bn_statistics_step = compiled_steps(model, recipe, steps_per_epoch, dp)
     return _Job(
         args=args, run_dir=run_dir, cfg=cfg, dataset=dataset, recipe=recipe, model=model, dp=dp,
-        steps_per_epoch=steps_per_epoch, tx=compiled_steps.optimizer(recipe, steps_per_epoch), ckpts=RunCheckpoints(run_dir),
+        steps_per_epoch=steps_per_epoch, tx=compiled_optimizer(recipe, steps_per_epoch), ckpts=RunCheckpoints(run_dir),
         train_step=train_step, eval_step=eval_step, bn_statistics_step=bn_statistics_step,
         calibration_images=dataset.train.images[calibration],
         near_copies=near_copy_mask(dataset.test.images, dataset.train.images),
