@@ -9,6 +9,8 @@ from helpers import ROOT
 sys.path.insert(0, str(ROOT / "scripts"))
 import bench  # noqa: E402
 
+pytestmark = pytest.mark.perf  # the benchmark harness
+
 
 def process_result(train, keras_train, compile_s):
     return {"dtype": "bfloat16", "batch_size": 32, "repeats": 7, "train_images_per_s": train,

@@ -119,6 +119,7 @@ def test_patches_and_their_transpose_are_im2col(kernel, stride, pads, channels):
     np.testing.assert_array_equal(conv_module.im2col_transposed(x, kernel, stride, pads), expected.reshape(-1, expected.shape[-1]).T)
 
 
+@pytest.mark.perf
 @pytest.mark.parametrize("build", [conv_module.im2col, conv_module.im2col_transposed])
 def test_bfloat16_patches_are_written_once(build):
     """The patches come out of one XLA loop fusion: no array of their size is written before them (the

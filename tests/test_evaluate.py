@@ -109,6 +109,7 @@ def test_confusion_matrix_and_scores():
     assert np.isnan(precision[3]) and np.isnan(recall[3])
 
 
+@pytest.mark.slow
 def test_evaluate_help_does_not_import_jax():
     probe = "import sys; from signs_jax import evaluate\ntry:\n    evaluate.main(['--help'])\nexcept SystemExit: pass\nprint('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)

@@ -146,6 +146,7 @@ def test_layer_names_split_in_chunks_and_top_level_group_are_read(tmp_path, kera
     assert np.array_equal(variables["params"]["fc"]["kernel"], reference["params"]["fc"]["kernel"])
 
 
+@pytest.mark.slow
 def test_cli_reports_one_line_and_exits_nonzero(tmp_path):
     bad = tmp_path / "ResNet50.h5"
     bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
@@ -159,6 +160,7 @@ def test_cli_reports_one_line_and_exits_nonzero(tmp_path):
     assert "Traceback" not in run.stderr
 
 
+@pytest.mark.slow
 def test_cli_checks_and_exports_a_good_file(tmp_path):
     out = tmp_path / "exported.h5"
     run = subprocess.run(

@@ -10,6 +10,8 @@ import pytest
 
 from helpers import ROOT, TINY, final_params, metrics_of, run_train
 
+pytestmark = pytest.mark.slow  # several real processes and a 4-device subprocess
+
 # Ten steps at a tenth of the default learning rate. A tiny network at a high learning rate is
 # chaotic: float rounding of different reduction orders (one device vs a sharded batch) grows step
 # by step into visibly different runs. A real data-parallel fault (per-device BatchNorm statistics,

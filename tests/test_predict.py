@@ -200,6 +200,7 @@ sys.exit(code)
 """
 
 
+@pytest.mark.slow
 def test_second_process_hits_the_persistent_compilation_cache(test_pngs, tmp_path):
     cache = tmp_path / "cache"
     env = dict(os.environ, SIGNS_JAX_CACHE=str(cache))
@@ -221,6 +222,7 @@ def test_second_process_hits_the_persistent_compilation_cache(test_pngs, tmp_pat
     assert second == first
 
 
+@pytest.mark.slow
 def test_help_does_not_import_jax():
     probe = "import sys; from signs_jax import predict\ntry:\n    predict.main(['--help'])\nexcept SystemExit: pass\nprint('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)

@@ -51,6 +51,7 @@ def faults_per_block(**env):
     return out[0] == "True", int(out[1])
 
 
+@pytest.mark.perf
 @pytest.mark.slow
 @glibc_only
 def test_reusing_freed_memory_removes_the_page_faults_of_fresh_allocations():
@@ -60,6 +61,7 @@ def test_reusing_freed_memory_removes_the_page_faults_of_fresh_allocations():
     assert set_ and faults < 100  # the same pages, reused
 
 
+@pytest.mark.perf
 @pytest.mark.slow
 @glibc_only
 def test_glibc_tunables_give_a_script_the_same_malloc_settings():

@@ -47,6 +47,7 @@ def test_another_seed_gives_other_numbers(reference_run, small_signs, tmp_path):
     assert metrics_of(tmp_path / "s1")[0]["train_loss"] != metrics_of(reference_run)[0]["train_loss"]
 
 
+@pytest.mark.slow
 def test_sigint_saves_and_resume_ends_bit_for_bit_equal(reference_run, small_signs, tmp_path):
     """A real process gets SIGINT mid-run, saves, exits 0; --resume finishes with the uninterrupted result."""
     cmd = [sys.executable, "-m", "signs_jax.train", "--data-dir", str(small_signs), "--workdir", str(tmp_path),
