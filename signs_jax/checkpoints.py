@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from .errors import UserError
@@ -151,12 +152,25 @@ def restore_variables(run_dir: Path, step: Optional[int] = None) -> Tuple[Any, D
     candidates = [step] if step is not None else [s for s in [ckpts.manager.best_step()] if s is not None] + ckpts.steps()
     # Explicit shardings: the checkpoint may come from a run over other devices (or processes).
     abstract = _placed(abstract_variables(model), jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    skipped, non_finite = [], []
     for candidate in dict.fromkeys(candidates):
         try:
             restored = ckpts.manager.restore(candidate, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))
-            return model, jax.device_get(restored["variables"]), candidate
         except Exception as err:  # noqa: BLE001
-            warnings.warn(f"checkpoint {ckpts.directory / str(candidate)} is unreadable ({type(err).__name__})", stacklevel=2)
+            skipped.append(f"step {candidate} is unreadable ({type(err).__name__})")
+            continue
+        variables = jax.device_get(restored["variables"])
+        # Training never saves a non-finite state (it stops first), so NaN here is damage; used, it would
+        # answer one class for every image.
+        if not all(np.isfinite(leaf).all() for leaf in jax.tree_util.tree_leaves(variables)):
+            skipped.append(f"step {candidate} holds NaN or infinite weights")
+            non_finite.append(candidate)
+            continue
+        if skipped:
+            warnings.warn(f"{ckpts.directory}: {'; '.join(skipped)}; using step {candidate}", stacklevel=2)
+        return model, variables, candidate
+    if non_finite:
+        raise UserError(f"{run_dir}: no usable checkpoint ({'; '.join(skipped)})")
     raise UserError(f"{run_dir}: no readable checkpoint")
 
 

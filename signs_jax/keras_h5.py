@@ -190,7 +190,7 @@ def load_keras_h5(path, model=None):
     expected = abstract_variables(model)
     table = keras_layer_table(model.stage_sizes, model.num_classes)
     variables = {"params": {}, "batch_stats": {}}
-    missing, mismatched = [], []
+    missing, mismatched, not_numbers, not_finite = [], [], [], []
     used = set()
     for layer in table:
         found = keras_file.weights.get(layer.name, {})
@@ -204,8 +204,18 @@ def load_keras_h5(path, model=None):
             if value.shape != tuple(want):
                 mismatched.append(f"{layer.name}/{weight} expected {_describe(want)} found {_describe(value.shape)}")
                 continue
-            _assign(variables[collection], layer.flax_path + (leaf,), value.astype(np.float32))
+            if not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
+                not_numbers.append(f"{layer.name}/{weight} ({value.dtype})")
+                continue
+            value = value.astype(np.float32)
+            if not np.isfinite(value).all():  # a model that predicts one class for every image, silently
+                not_finite.append(f"{layer.name}/{weight}")
+            _assign(variables[collection], layer.flax_path + (leaf,), value)
     unused = [f"{layer}/{w}" for layer, ws in keras_file.weights.items() for w in ws if (layer, w) not in used]
+    if not_numbers:
+        raise KerasH5Error(f"{path}: weights that are not numbers: " + _by_layer(not_numbers))
+    if not_finite:
+        raise KerasH5Error(f"{path}: weights with NaN or infinite values: " + _by_layer(not_finite))
     if missing or unused or mismatched:
         problems = []
         if mismatched:

@@ -127,3 +127,28 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_one_line(trained_workdir, 
     assert predict.main([str(test_image), "--weights", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "does not fit the model config.json describes" in err[0], err
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(trained_workdir, test_image, tmp_path, capsys):
+    """NaN weights answer one class for every image with exit 0 (and evaluate reports chance accuracy)."""
+    import shutil
+
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    from signs_jax.checkpoints import RunCheckpoints, restore_variables
+
+    run = tmp_path / "nan"
+    shutil.copytree(trained_workdir / "tiny", run)
+    _, variables, step = restore_variables(run)
+    poisoned = jax.tree_util.tree_map(lambda leaf: np.full_like(leaf, np.nan), variables)
+    ckpts = RunCheckpoints(run)
+    ckpts.manager.save(step + 1, args=ocp.args.Composite(variables=ocp.args.StandardSave(poisoned)), force=True)
+    ckpts.manager.wait_until_finished()
+    ckpts.close()
+    shutil.rmtree(run / "ckpt" / str(step))
+    assert predict.main([str(test_image), "--weights", str(run), "--json"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert captured.out == "" and len(err) == 1 and "NaN or infinite" in err[0], captured.err

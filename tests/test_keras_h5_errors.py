@@ -170,3 +170,31 @@ def test_cli_checks_and_exports_a_good_file(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "num_classes=6" in run.stdout and "379,014" in run.stdout
     assert signs_jax.load_keras_h5(out)[0].num_classes == 6
+
+
+def _replace_conv1_kernel(path, make):
+    with h5py.File(path, "r+") as f:
+        group = weights_root(f)["conv1"]["conv1"]
+        value = group["kernel:0"][...]
+        del group["kernel:0"]
+        group["kernel:0"] = make(value)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    """NaN weights would give one class for every image and exit 0: refused on load instead."""
+    path = copy_of("keras2_weights", tmp_path)
+
+    def with_nan(value):
+        value[0, 0, 0, 0] = np.nan
+        return value
+
+    _replace_conv1_kernel(path, with_nan)
+    message = error_of(path)
+    assert "NaN or infinite" in message and "conv1 (kernel)" in message
+
+
+def test_weights_stored_as_strings_are_one_line(tmp_path):
+    path = copy_of("keras2_weights", tmp_path)
+    _replace_conv1_kernel(path, lambda value: np.full(value.shape, b"0.5", dtype="S4"))
+    message = error_of(path)
+    assert "not numbers" in message and "conv1" in message
