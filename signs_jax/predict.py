@@ -47,7 +47,17 @@ def fixed_batch_size(num_files: int, batch_size: int) -> int:
 
 def predict_files(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True, batch_size=32, on_error=None,
                   progress=None):
-    """Yield (path, probabilities) for every readable file, in order.
+    """Yield (path, probabilities) for every readable file, in order: softmax(logits / T) with the weights'
+    calibration temperature T (1 when they have none)."""
+    from .calibration import softmax
+
+    for path, logits in predict_logits(weights, files, interpolation, exif, batch_size, on_error, progress):
+        yield path, softmax(logits, weights.temperature)
+
+
+def predict_logits(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True, batch_size=32, on_error=None,
+                   progress=None):
+    """Yield (path, logits) for every readable file, in order.
 
     Memory stays bounded whatever the number of files: images are decoded one batch at a time, every
     batch is padded to the same shape (one compile), and the next batch is decoded while the previous
@@ -55,54 +65,81 @@ def predict_files(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True
     """
     import numpy as np
 
-    from .images import ImageError, load_image
-
     model = weights.model
     size = tuple(model.input_shape[:2])
     forward = _compiled_forward()
-    in_flight = None  # (paths, probabilities on the device) of the batch being computed
+    in_flight = None  # (paths, logits on the device) of the batch being computed
 
-    def files_in_batches():
-        pending, paths = [], []
-        for path in files:
-            try:
-                pending.append(load_image(path, size, interpolation, exif))
-                paths.append(path)
-            except ImageError as err:
-                if on_error:
-                    on_error(str(err))
-            if progress:
-                progress.update(1)
-            if len(pending) == batch_size:
-                yield paths, pending
-                pending, paths = [], []
-        if pending:
-            yield paths, pending
-
-    for paths, pending in files_in_batches():
+    for paths, pending in _decoded_batches(files, size, interpolation, exif, batch_size, on_error, progress):
         # A fresh array each batch: on CPU, JAX may alias the numpy buffer while the batch computes.
         x = np.zeros((batch_size, *size, 3), np.float32)
         x[: len(pending)] = np.stack(pending)
         launched = (paths, forward(model, weights.variables, x))
         if in_flight:
-            done_paths, probs = in_flight
-            yield from zip(done_paths, np.asarray(probs)[: len(done_paths)])
+            done_paths, logits = in_flight
+            yield from zip(done_paths, np.asarray(logits)[: len(done_paths)])
         in_flight = launched
     if in_flight:
-        done_paths, probs = in_flight
-        yield from zip(done_paths, np.asarray(probs)[: len(done_paths)])
+        done_paths, logits = in_flight
+        yield from zip(done_paths, np.asarray(logits)[: len(done_paths)])
+
+
+def _decoded_batches(files, size, interpolation, exif, batch_size, on_error=None, progress=None):
+    """(paths, images) of up to `batch_size` readable files at a time; an unreadable one goes to `on_error`."""
+    from .images import ImageError, load_image
+
+    pending, paths = [], []
+    for path in files:
+        try:
+            pending.append(load_image(path, size, interpolation, exif))
+            paths.append(path)
+        except ImageError as err:
+            if on_error:
+                on_error(str(err))
+        if progress:
+            progress.update(1)
+        if len(pending) == batch_size:
+            yield paths, pending
+            pending, paths = [], []
+    if pending:
+        yield paths, pending
+
+
+def load_images(files, size, interpolation=DEFAULT_INTERPOLATION, exif=True, on_error=None, progress=None):
+    """(paths, images (N, H, W, 3) float32 in [0, 1]) of every readable file, all in memory (for --adapt)."""
+    import numpy as np
+
+    paths, images = [], []
+    for batch_paths, batch in _decoded_batches(files, size, interpolation, exif, 256, on_error, progress):
+        paths += batch_paths
+        images += batch
+    return paths, (np.stack(images) if images else np.zeros((0, *size, 3), np.float32))
+
+
+def logits_of(model, variables, images, batch_size: int = 32):
+    """Logits (N, classes) of images already in memory ((N, H, W, 3) float in [0, 1]), in fixed-shape batches."""
+    import numpy as np
+
+    forward = _compiled_forward()
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        x = np.zeros((batch_size, *images.shape[1:]), np.float32)
+        x[: len(chunk)] = chunk
+        out.append(np.asarray(forward(model, variables, x))[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
 
 
 _FORWARD = []
 
 
 def _compiled_forward():
-    """One jitted (model, variables, images) -> probabilities per process: the model is a static argument,
+    """One jitted (model, variables, images) -> logits per process: the model is a static argument,
     so repeated in-process calls (tests, notebooks) with an equal model reuse the compiled executable."""
     if not _FORWARD:
         import jax
 
-        _FORWARD.append(jax.jit(lambda model, v, x: jax.nn.softmax(model.apply(v, x)), static_argnums=0))
+        _FORWARD.append(jax.jit(lambda model, v, x: model.apply(v, x), static_argnums=0))
     return _FORWARD[0]
 
 
