@@ -9,8 +9,6 @@ How many photos it needs, and why fewer than MIN_PHOTOS are refused: docs/calibr
 import math
 from typing import Any, Dict
 
-import numpy as np
-
 from .errors import UserError
 
 MIN_PHOTOS = 16
@@ -34,6 +32,8 @@ def adapt_batch_norm(model, variables, images, batch_size: int = BATCH_SIZE,
     order: the result depends only on the images and their order. N must be at least `min_photos` (lower it only
     to measure what fewer photos do).
     """
+    import numpy as np
+
     from .steps import make_bn_statistics_step, recalibrate_batch_stats
 
     images = np.asarray(images)

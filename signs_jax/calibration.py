@@ -7,31 +7,42 @@ any prediction (argmax is unchanged). The fit is stored with the run (`calibrati
 predict, evaluate and `load_weights`. It is never fitted on the test set: a run without a validation split
 keeps T = 1 (see docs/calibration.md).
 """
+from __future__ import annotations
+
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 CALIBRATION_FILE = "calibration.json"
 ECE_BINS = 15
+# predict marks an answer uncertain below this calibrated confidence (measured: docs/calibration.md)
+DEFAULT_THRESHOLD = 0.9
 # The bracket the fit searches, as 1/T; a fit at an end means the held-out data say little (too few, all right).
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 
 
 def log_softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    import numpy as np
+
     z = np.asarray(logits, np.float64) / temperature
     z = z - z.max(-1, keepdims=True)
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
 def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    import numpy as np
+
     return np.exp(log_softmax(logits, temperature))
 
 
 def nll(logits, labels, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of the true labels under softmax(logits / temperature)."""
+    import numpy as np
+
     labels = np.asarray(labels)
     return float(-log_softmax(logits, temperature)[np.arange(len(labels)), labels].mean())
 
@@ -63,6 +74,8 @@ def fit_temperature(logits, labels, iterations: int = 80) -> float:
 
 def reliability_bins(probs, labels, bins: int = ECE_BINS) -> Dict[str, np.ndarray]:
     """Per equal-width confidence bin: number of examples, mean confidence, accuracy (NaN when empty)."""
+    import numpy as np
+
     probs, labels = np.asarray(probs), np.asarray(labels)
     confidence, correct = probs.max(1), probs.argmax(1) == labels
     # Bin i holds confidences in (i/bins, (i+1)/bins]; the lowest bin also takes an exact 0.
@@ -76,6 +89,8 @@ def reliability_bins(probs, labels, bins: int = ECE_BINS) -> Dict[str, np.ndarra
 
 def expected_calibration_error(probs, labels, bins: int = ECE_BINS) -> float:
     """Sum over confidence bins of (share of examples) x |accuracy - mean confidence|."""
+    import numpy as np
+
     stats = reliability_bins(probs, labels, bins)
     filled = stats["count"] > 0
     gaps = np.abs(stats["accuracy"][filled] - stats["confidence"][filled])
@@ -142,7 +157,8 @@ def read_calibration(run_dir) -> Optional[Dict[str, Any]]:
         record = json.loads(path.read_text())
         temperature = float(record["temperature"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: not a calibration file ({type(err).__name__}: {err}); remove it to use T = 1") from None
+        raise UserError(f"{path}: not a calibration file ({type(err).__name__}: {err}); "
+                        "remove it to use T = 1") from None
     if not (math.isfinite(temperature) and temperature > 0):
         raise UserError(f"{path}: temperature {temperature} is not a positive number; remove it to use T = 1")
     return record

@@ -8,6 +8,8 @@ import json
 import sys
 
 from . import config
+from .adapt import MIN_PHOTOS
+from .calibration import DEFAULT_THRESHOLD
 from .images import DEFAULT_INTERPOLATION, INTERPOLATIONS
 
 BATCH_BUCKETS = (1, 8)  # besides --batch-size: a one-image predict should not pay for a 32-image batch
@@ -30,10 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolation", choices=INTERPOLATIONS, default=DEFAULT_INTERPOLATION,
                    help="resize filter (default: %(default)s; 'nearest' is what Keras load_img uses; 'box' = 'area')")
     p.add_argument("--ignore-exif", action="store_true", help="do not rotate by the EXIF orientation (as Keras load_img)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image: path, class, probabilities")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per image: path, class, confidence, uncertain, probabilities")
     p.add_argument("--csv", metavar="FILE", help="also write the rows to a CSV file (the original's Result.csv); "
                    "see the rule below")
     p.add_argument("--top-k", type=int, default=1, metavar="K", help="show the K most likely classes (default: 1)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="P",
+                   help="mark an answer uncertain when its calibrated confidence is below P (default: %(default)s, "
+                   "measured in docs/calibration.md; 0 marks nothing)")
+    p.add_argument("--adapt", action="store_true",
+                   help=f"re-estimate every BatchNorm layer's statistics on the photos given (no labels; at least "
+                   f"{MIN_PHOTOS} photos, all held in memory), then predict them with those")
     p.add_argument("--batch-size", type=int, default=32,
                    help=f"images per forward pass, 1..{MAX_BATCH_SIZE} (default: %(default)s)")
     return p
@@ -151,6 +160,8 @@ def main(argv=None) -> int:
 
 def validate_args(args) -> None:
     """The flags, and the CSV target against the inputs, before anything is read or written: one line."""
+    import math
+
     from .errors import UserError
     from .files import check_write_target
 
@@ -158,6 +169,8 @@ def validate_args(args) -> None:
         raise UserError(f"--top-k {args.top_k}: must be at least 1")
     if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
         raise UserError(f"--batch-size {args.batch_size}: must be between 1 and {MAX_BATCH_SIZE}")
+    if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
+        raise UserError(f"--threshold {args.threshold}: must be a confidence between 0 and 1 (0: mark nothing)")
     if args.csv:
         check_write_target(args.csv, "--csv", "csv", inputs=args.inputs)
 
@@ -166,6 +179,7 @@ def run(args) -> int:
     import logging
 
     from .cache import enable_compilation_cache
+    from .calibration import softmax
     from .images import expand_inputs
     from .weights import load_weights
 
@@ -187,34 +201,56 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    csv_rows = [["path", "class", "confidence", *[f"p({n})" for n in names]]] if args.csv else None
-    width = max([6, *map(len, names)])
+    csv_rows = [["path", "class", "confidence", *[f"p({n})" for n in names], "uncertain"]] if args.csv else None
+    width = max([6, *map(len, names)]) + 1  # room for the uncertain mark
     path_width = min(40, max([4, *(len(str(f)) for f in files[:1000])]))
-    if not args.json:
-        print(f"# weights: {weights.source}")
-        print(f"{'path':{path_width}s} {'class':>{width}s} {'conf':>6s}  " + " ".join(f"p({n})".rjust(max(7, len(n) + 3)) for n in names)
-              + ("  top-k" if k > 1 else ""))
     batch = fixed_batch_size(len(files), args.batch_size)
     with tqdm(total=len(files), unit="img", disable=None, leave=False, file=sys.stderr) as bar:
-        for path, probs in predict_files(weights, files, args.interpolation, not args.ignore_exif, batch,
-                                         report_error, bar):
+        if args.adapt:
+            results, adapted_on = _adapted_logits(weights, files, args, batch, report_error, bar)
+        else:
+            results, adapted_on = predict_logits(weights, files, args.interpolation, not args.ignore_exif, batch,
+                                                 report_error, bar), None
+        if not args.json:
+            print(f"# weights: {weights.source}; temperature {weights.temperature:.4g}"
+                  + ("" if weights.run_dir is None or weights.temperature != 1 else " (not fitted)")
+                  + f"; ? = uncertain (confidence below {args.threshold:g})"
+                  + (f"; BatchNorm adapted to these {adapted_on} photos" if adapted_on else ""))
+            print(f"{'path':{path_width}s} {'class':>{width}s} {'conf':>6s} {'uncertain':>9s}  "
+                  + " ".join(f"p({n})".rjust(max(7, len(n) + 3)) for n in names) + ("  top-k" if k > 1 else ""))
+        for path, logits in results:
+            probs = softmax(logits, weights.temperature)
             order = probs.argsort()[::-1]
-            best = names[order[0]]
+            best, confidence = names[order[0]], float(probs[order[0]])
+            uncertain = confidence < args.threshold
             if args.json:
-                record = {"path": str(path), "class": best, "probabilities": [float(p) for p in probs]}
+                record = {"path": str(path), "class": best, "confidence": confidence, "uncertain": uncertain,
+                          "probabilities": [float(p) for p in probs]}
                 if k > 1:
                     record["top_k"] = [[names[i], float(probs[i])] for i in order[:k]]
                 print(json.dumps(record), flush=True)
             else:
                 top = "  " + ", ".join(f"{names[i]}:{probs[i]:.3f}" for i in order[:k]) if k > 1 else ""
                 cells = " ".join(f"{p:{max(7, len(n) + 3)}.4f}" for n, p in zip(names, probs))
-                bar.write(f"{str(path):{path_width}s} {best:>{width}s} {probs[order[0]]:6.3f}  {cells}{top}",
-                          file=sys.stdout)
+                shown = best + ("?" if uncertain else "")
+                bar.write(f"{str(path):{path_width}s} {shown:>{width}s} {confidence:6.3f} "
+                          f"{'yes' if uncertain else 'no':>9s}  {cells}{top}", file=sys.stdout)
             if csv_rows is not None:
-                csv_rows.append([str(path), best, f"{probs[order[0]]:.6f}", *[f"{p:.6f}" for p in probs]])
+                csv_rows.append([str(path), best, f"{confidence:.6f}", *[f"{p:.6f}" for p in probs],
+                                 "yes" if uncertain else "no"])
     if csv_rows is not None:  # only a finished run replaces an existing CSV
         _write_csv(args.csv, csv_rows)
     return 1 if failed else 0
+
+
+def _adapted_logits(weights, files, args, batch_size, on_error, progress):
+    """--adapt: every photo decoded, BatchNorm statistics re-estimated on all of them, then their logits."""
+    from .adapt import adapt_batch_norm
+
+    paths, images = load_images(files, tuple(weights.model.input_shape[:2]), args.interpolation,
+                                not args.ignore_exif, on_error, progress)
+    variables = adapt_batch_norm(weights.model, weights.variables, images)
+    return zip(paths, logits_of(weights.model, variables, images, batch_size)), len(paths)
 
 
 def _write_csv(path, rows) -> None:
