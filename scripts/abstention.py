@@ -5,10 +5,11 @@
 
 Scores every image three ways (higher = more sure), with the run's calibration temperature T:
 `confidence` (max softmax(logits / T)), `max_logit`, and `neg_energy` (T * logsumexp(logits / T)). For each
-score, picks the threshold that keeps the most sign_digits answers while the kept ones are right at least
---target of the time, and reports at that threshold: the share kept and its accuracy on the SIGNS test set
-(the run's own data) and on --photos, and the share of --non-hands images (scripts/non_hands.py) flagged.
---png draws accuracy of the kept answers against the share kept on both hand sets. Images are read exactly as
+score, two thresholds: the one that keeps the most --photos (sign_digits) answers while the kept ones are right
+at least --target of the time, and the lowest one that flags --target of the --non-hands images
+(scripts/non_hands.py); at each, and at predict's default rule, reports the share kept and its accuracy on
+the SIGNS test set (the run's own data) and on --photos, and the share of non-hand images flagged. --png
+draws accuracy of the kept answers against the share kept on both hand sets. Images are read exactly as
 `python -m signs_jax.predict` reads them (photo folders) or as evaluate does (the SIGNS test split).
 """
 import argparse
@@ -21,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from foreign_photos import labelled_photos  # noqa: E402
 
-from signs_jax.calibration import softmax  # noqa: E402
+from signs_jax.calibration import DEFAULT_THRESHOLD, softmax  # noqa: E402
 from signs_jax.images import IMAGE_SUFFIXES  # noqa: E402
 from signs_jax.predict import logits_of, predict_logits  # noqa: E402
 from signs_jax.weights import load_weights  # noqa: E402
@@ -91,28 +92,44 @@ def main(argv=None) -> int:
                  non_hand_kinds=np.asarray([f.name.split("_")[0] if f.parent.name == "textures" else f.parent.name
                                             for f in others]))
     result = {"weights": weights.source, "temperature": T, "target": args.target, "scores": {}}
-    for name in SCORES:
-        s = {k: scores(v[0], T)[name] for k, v in sets.items()}
-        correct = {k: sets[k][0].argmax(1) == sets[k][1] for k in ("signs_test", "photos")}
-        threshold = pick_threshold(s["photos"], correct["photos"], args.target)
+    correct = {k: sets[k][0].argmax(1) == sets[k][1] for k in ("signs_test", "photos")}
+
+    def at(score_name, threshold):
+        s = {k: scores(v[0], T)[score_name] for k, v in sets.items()}
         row = {"threshold": threshold, "non_hands_flagged": float((s["non_hands"] < threshold).mean())}
         for k in ("signs_test", "photos"):
             kept = s[k] >= threshold
             row[f"{k}_kept"] = float(kept.mean())
             row[f"{k}_kept_accuracy"] = float(correct[k][kept].mean()) if kept.any() else None
             row[f"{k}_accuracy"] = float(correct[k].mean())
-        result["scores"][name] = row
+        return row
+
+    for name in SCORES:
+        s = {k: scores(v[0], T)[name] for k, v in sets.items()}
+        result["scores"][name] = {
+            "photos_target": at(name, pick_threshold(s["photos"], correct["photos"], args.target)),
+            # the lowest threshold that flags --target of the non-hand images
+            "non_hands_target": at(name, float(np.quantile(s["non_hands"], args.target, method="higher"))),
+        }
+    result["default"] = at("confidence", DEFAULT_THRESHOLD)
     if args.png:
         plot(sets, T, args.png, result)
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{weights.source}, T = {T:.3f}; threshold keeps --photos answers right >= {args.target:.0%}")
-    for name, row in result["scores"].items():
-        print(f"{name:>11s}: threshold {row['threshold']:.4g}  photos kept {row['photos_kept']:.3f} "
-              f"(accuracy {row['photos_kept_accuracy']}, all {row['photos_accuracy']:.3f})  SIGNS test kept "
-              f"{row['signs_test_kept']:.3f} (accuracy {row['signs_test_kept_accuracy']})  "
+    print(f"{weights.source}, T = {T:.3f}")
+
+    def line(label, row):
+        kept_accuracy = lambda k: "-" if row[k] is None else f"{row[k]:.3f}"  # noqa: E731
+        print(f"  {label:<38s} threshold {row['threshold']:8.4g}  sign_digits kept {row['photos_kept']:.3f} "
+              f"(right {kept_accuracy('photos_kept_accuracy')}; all {row['photos_accuracy']:.3f})  SIGNS test kept "
+              f"{row['signs_test_kept']:.3f} (right {kept_accuracy('signs_test_kept_accuracy')})  "
               f"non-hands flagged {row['non_hands_flagged']:.3f}")
+
+    for name, rows in result["scores"].items():
+        line(f"{name}, kept sign_digits right >= {args.target:.0%}", rows["photos_target"])
+        line(f"{name}, flags >= {args.target:.0%} of non-hands", rows["non_hands_target"])
+    line(f"confidence < {DEFAULT_THRESHOLD} (predict's default)", result["default"])
     return 0
 
 
@@ -129,14 +146,15 @@ def plot(sets, T, path: Path, result) -> None:
         for name in SCORES:
             share, accuracy, thresholds = kept_curve(scores(logits, T)[name], correct)
             line, = ax.plot(share, accuracy, label=name)
-            at = np.searchsorted(-thresholds, -result["scores"][name]["threshold"], side="right") - 1
-            if at >= 0:
-                ax.plot(share[at], accuracy[at], "o", color=line.get_color())
+            if name == "confidence":
+                at = np.searchsorted(-thresholds, -DEFAULT_THRESHOLD, side="right") - 1
+                if at >= 0:
+                    ax.plot(share[at], accuracy[at], "o", color=line.get_color())
         ax.set(title=f"{title}: {len(labels)} photos", xlabel="share of answers kept (not uncertain)",
                ylabel="accuracy of the kept answers", xlim=(0, 1.01), ylim=(0, 1.01))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left")
-    fig.suptitle(f"dots: the threshold that keeps sign_digits answers right >= {result['target']:.0%} (T = {T:.3g})")
+    fig.suptitle(f"dot: predict's default, uncertain below confidence {DEFAULT_THRESHOLD} (T = {T:.3g})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -25,6 +25,9 @@ _EXPORTS = {
     "load_signs": "data",
     "load_dataset": "data",
     "enable_compilation_cache": "cache",
+    "adapt_batch_norm": "adapt",
+    "fit_temperature": "calibration",
+    "expected_calibration_error": "calibration",
 }
 
 __all__ = sorted(_EXPORTS)
