@@ -1,7 +1,7 @@
 """Which answers to mark uncertain: accuracy of the kept answers against the share kept, per score.
 
     python scripts/abstention.py RUN --photos /work/shared/datasets/sign_digits --non-hands DIR \
-        [--png docs/abstention.png] [--save-logits FILE.npz] [--json]
+        [--png docs/abstention.png] [--save-logits FILE.npz] [--adapt] [--json]
 
 Scores every image three ways (higher = more sure), with the run's calibration temperature T:
 `confidence` (max softmax(logits / T)), `max_logit`, and `neg_energy` (T * logsumexp(logits / T)). For each
@@ -22,9 +22,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from foreign_photos import labelled_photos  # noqa: E402
 
-from signs_jax.calibration import DEFAULT_THRESHOLD, softmax  # noqa: E402
+from signs_jax.calibration import DEFAULT_THRESHOLD, calibration_report, softmax  # noqa: E402
 from signs_jax.images import IMAGE_SUFFIXES  # noqa: E402
-from signs_jax.predict import logits_of, predict_logits  # noqa: E402
+from signs_jax.adapt import adapt_batch_norm  # noqa: E402
+from signs_jax.predict import load_images, logits_of, predict_logits  # noqa: E402
 from signs_jax.weights import load_weights  # noqa: E402
 
 SCORES = ("confidence", "max_logit", "neg_energy")
@@ -69,6 +70,8 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, default=0.9, help="accuracy the kept --photos answers must reach")
     p.add_argument("--png", type=Path, help="accuracy of the kept answers against the share kept")
     p.add_argument("--save-logits", type=Path, help="write every set's logits and labels to this .npz")
+    p.add_argument("--adapt", action="store_true",
+                   help="score --photos as `predict --adapt` on their folder would (BatchNorm re-estimated on them)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -83,7 +86,12 @@ def main(argv=None) -> int:
     sets = {"signs_test": (logits_of(weights.model, weights.variables, test.images.astype(np.float32) / 255.0),
                            test.labels)}
     files, labels = labelled_photos(args.photos, weights.class_names)
-    sets["photos"] = (logits_of_photos(weights, files), labels)
+    if args.adapt:
+        _, images = load_images(files, tuple(weights.model.input_shape[:2]))
+        adapted = adapt_batch_norm(weights.model, weights.variables, images)
+        sets["photos"] = (logits_of(weights.model, adapted, images), labels)
+    else:
+        sets["photos"] = (logits_of_photos(weights, files), labels)
     others = sorted(f for f in args.non_hands.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
     sets["non_hands"] = (logits_of_photos(weights, others), None)
     if args.save_logits:
@@ -112,12 +120,16 @@ def main(argv=None) -> int:
             "non_hands_target": at(name, float(np.quantile(s["non_hands"], args.target, method="higher"))),
         }
     result["default"] = at("confidence", DEFAULT_THRESHOLD)
+    result["calibration"] = {k: calibration_report(sets[k][0], sets[k][1], T) for k in ("signs_test", "photos")}
     if args.png:
         plot(sets, T, args.png, result)
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"{weights.source}, T = {T:.3f}")
+    for k, c in result["calibration"].items():
+        print(f"  {k}: ECE {c['ece_before']:.4f} at T = 1, {c['ece_after']:.4f} at T = {T:.3g}; "
+              f"NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}")
 
     def line(label, row):
         kept_accuracy = lambda k: "-" if row[k] is None else f"{row[k]:.3f}"  # noqa: E731
