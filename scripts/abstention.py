@@ -3,8 +3,9 @@
     python scripts/abstention.py RUN --photos /work/shared/datasets/sign_digits --non-hands DIR \
         [--png docs/abstention.png] [--save-logits FILE.npz] [--adapt] [--json]
 
-Scores every image three ways (higher = more sure), with the run's calibration temperature T:
-`confidence` (max softmax(logits / T)), `max_logit`, and `neg_energy` (T * logsumexp(logits / T)). For each
+Scores every image four ways (higher = more sure): `raw_confidence` (max softmax of the raw logits, the score
+predict's `uncertain` uses), `confidence` (max softmax(logits / T), T the run's calibration temperature),
+`max_logit`, and `neg_energy` (T * logsumexp(logits / T)). For each
 score, two thresholds: the one that keeps the most --photos (sign_digits) answers while the kept ones are right
 at least --target of the time, and the lowest one that flags --target of the --non-hands images
 (scripts/non_hands.py); at each, and at predict's default rule, reports the share kept and its accuracy on
@@ -22,19 +23,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from foreign_photos import labelled_photos  # noqa: E402
 
-from signs_jax.calibration import DEFAULT_THRESHOLD, calibration_report, softmax  # noqa: E402
+from signs_jax.calibration import DEFAULT_THRESHOLD, calibration_report, softmax, uncertainty_score  # noqa: E402
 from signs_jax.images import IMAGE_SUFFIXES  # noqa: E402
 from signs_jax.adapt import adapt_batch_norm  # noqa: E402
 from signs_jax.predict import load_images, logits_of, predict_logits  # noqa: E402
 from signs_jax.weights import load_weights  # noqa: E402
 
-SCORES = ("confidence", "max_logit", "neg_energy")
+SCORES = ("raw_confidence", "confidence", "max_logit", "neg_energy")
 
 
 def scores(logits, temperature: float):
     z = np.asarray(logits, np.float64) / temperature
     top = z.max(1)
-    return {"confidence": softmax(logits, temperature).max(1), "max_logit": np.asarray(logits).max(1),
+    return {"raw_confidence": uncertainty_score(logits), "confidence": softmax(logits, temperature).max(1),
+            "max_logit": np.asarray(logits).max(1),
             "neg_energy": temperature * (top + np.log(np.exp(z - top[:, None]).sum(1)))}
 
 
@@ -119,7 +121,7 @@ def main(argv=None) -> int:
             # the lowest threshold that flags --target of the non-hand images
             "non_hands_target": at(name, float(np.quantile(s["non_hands"], args.target, method="higher"))),
         }
-    result["default"] = at("confidence", DEFAULT_THRESHOLD)
+    result["default"] = at("raw_confidence", DEFAULT_THRESHOLD)
     result["calibration"] = {k: calibration_report(sets[k][0], sets[k][1], T) for k in ("signs_test", "photos")}
     if args.png:
         plot(sets, T, args.png, result)
@@ -141,7 +143,7 @@ def main(argv=None) -> int:
     for name, rows in result["scores"].items():
         line(f"{name}, kept sign_digits right >= {args.target:.0%}", rows["photos_target"])
         line(f"{name}, flags >= {args.target:.0%} of non-hands", rows["non_hands_target"])
-    line(f"confidence < {DEFAULT_THRESHOLD} (predict's default)", result["default"])
+    line(f"raw_confidence < {DEFAULT_THRESHOLD} (predict's default)", result["default"])
     return 0
 
 
@@ -158,7 +160,7 @@ def plot(sets, T, path: Path, result) -> None:
         for name in SCORES:
             share, accuracy, thresholds = kept_curve(scores(logits, T)[name], correct)
             line, = ax.plot(share, accuracy, label=name)
-            if name == "confidence":
+            if name == "raw_confidence":
                 at = np.searchsorted(-thresholds, -DEFAULT_THRESHOLD, side="right") - 1
                 if at >= 0:
                     ax.plot(share[at], accuracy[at], "o", color=line.get_color())
@@ -166,7 +168,8 @@ def plot(sets, T, path: Path, result) -> None:
                ylabel="accuracy of the kept answers", xlim=(0, 1.01), ylim=(0, 1.01))
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left")
-    fig.suptitle(f"dot: predict's default, uncertain below confidence {DEFAULT_THRESHOLD} (T = {T:.3g})")
+    fig.suptitle(f"dot: predict's default, uncertain below raw confidence {DEFAULT_THRESHOLD} "
+                 f"('confidence': at T = {T:.3g})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -33,13 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize filter (default: %(default)s; 'nearest' is what Keras load_img uses; 'box' = 'area')")
     p.add_argument("--ignore-exif", action="store_true", help="do not rotate by the EXIF orientation (as Keras load_img)")
     p.add_argument("--json", action="store_true",
-                   help="one JSON object per image: path, class, confidence, uncertain, probabilities")
+                   help="one JSON object per image: path, class, confidence, uncertain, raw_confidence, "
+                   "probabilities")
     p.add_argument("--csv", metavar="FILE", help="also write the rows to a CSV file (the original's Result.csv); "
                    "see the rule below")
     p.add_argument("--top-k", type=int, default=1, metavar="K", help="show the K most likely classes (default: 1)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="P",
-                   help="mark an answer uncertain when its calibrated confidence is below P (default: %(default)s, "
-                   "measured in docs/calibration.md; 0 marks nothing)")
+                   help="mark an answer uncertain when its uncalibrated confidence (max softmax of the raw logits) "
+                   "is below P (default: %(default)s, measured in docs/calibration.md; 0 marks nothing)")
     p.add_argument("--adapt", action="store_true",
                    help=f"re-estimate every BatchNorm layer's statistics on the photos given (no labels; at least "
                    f"{MIN_PHOTOS} photos, all held in memory), then predict them with those")
@@ -179,7 +180,7 @@ def run(args) -> int:
     import logging
 
     from .cache import enable_compilation_cache
-    from .calibration import softmax
+    from .calibration import softmax, uncertainty_score
     from .images import expand_inputs
     from .weights import load_weights
 
@@ -201,7 +202,8 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    csv_rows = [["path", "class", "confidence", *[f"p({n})" for n in names], "uncertain"]] if args.csv else None
+    csv_header = ["path", "class", "confidence", *[f"p({n})" for n in names], "uncertain", "raw_confidence"]
+    csv_rows = [csv_header] if args.csv else None
     width = max([6, *map(len, names)]) + 1  # room for the uncertain mark
     path_width = min(40, max([4, *(len(str(f)) for f in files[:1000])]))
     batch = fixed_batch_size(len(files), args.batch_size)
@@ -214,7 +216,7 @@ def run(args) -> int:
         if not args.json:
             print(f"# weights: {weights.source}; temperature {weights.temperature:.4g}"
                   + ("" if weights.run_dir is None or weights.temperature != 1 else " (not fitted)")
-                  + f"; ? = uncertain (confidence below {args.threshold:g})"
+                  + f"; ? = uncertain (uncalibrated confidence below {args.threshold:g})"
                   + (f"; BatchNorm adapted to these {adapted_on} photos" if adapted_on else ""))
             print(f"{'path':{path_width}s} {'class':>{width}s} {'conf':>6s} {'uncertain':>9s}  "
                   + " ".join(f"p({n})".rjust(max(7, len(n) + 3)) for n in names) + ("  top-k" if k > 1 else ""))
@@ -222,10 +224,11 @@ def run(args) -> int:
             probs = softmax(logits, weights.temperature)
             order = probs.argsort()[::-1]
             best, confidence = names[order[0]], float(probs[order[0]])
-            uncertain = confidence < args.threshold
+            raw_confidence = float(uncertainty_score(logits))
+            uncertain = raw_confidence < args.threshold
             if args.json:
                 record = {"path": str(path), "class": best, "confidence": confidence, "uncertain": uncertain,
-                          "probabilities": [float(p) for p in probs]}
+                          "raw_confidence": raw_confidence, "probabilities": [float(p) for p in probs]}
                 if k > 1:
                     record["top_k"] = [[names[i], float(probs[i])] for i in order[:k]]
                 print(json.dumps(record), flush=True)
@@ -237,7 +240,7 @@ def run(args) -> int:
                           f"{'yes' if uncertain else 'no':>9s}  {cells}{top}", file=sys.stdout)
             if csv_rows is not None:
                 csv_rows.append([str(path), best, f"{confidence:.6f}", *[f"{p:.6f}" for p in probs],
-                                 "yes" if uncertain else "no"])
+                                 "yes" if uncertain else "no", f"{raw_confidence:.6f}"])
     if csv_rows is not None:  # only a finished run replaces an existing CSV
         _write_csv(args.csv, csv_rows)
     return 1 if failed else 0

@@ -81,7 +81,8 @@ def _json(capsys, *args):
 
 def test_the_uncertain_mark_is_in_the_table_json_and_csv(photos, tmp_path, capsys):
     records = _json(capsys, *photos, "--weights", KERAS_MODEL)
-    confidences = np.array([r["confidence"] for r in records])
+    confidences = np.array([r["raw_confidence"] for r in records])
+    np.testing.assert_allclose(confidences, [max(r["probabilities"]) for r in records], atol=1e-6)  # T = 1
     assert all(isinstance(r["uncertain"], bool) for r in records)
     threshold = float(np.median(confidences))  # half of them below: both kinds of answer appear
     records = _json(capsys, *photos, "--weights", KERAS_MODEL, "--threshold", threshold)
@@ -191,9 +192,15 @@ def test_predict_and_evaluate_use_the_stored_temperature(calibrated_run, photos,
     shutil.copytree(calibrated_run, run)
     record = json.loads((run / CALIBRATION_FILE).read_text())
     (run / CALIBRATION_FILE).unlink()
-    raw = np.array([r["probabilities"] for r in _json(capsys, *photos[:4], "--weights", run)])
+    plain = _json(capsys, *photos[:4], "--weights", run)
+    raw = np.array([r["probabilities"] for r in plain])
     (run / CALIBRATION_FILE).write_text(json.dumps({**record, "temperature": 3.0}))
-    scaled = np.array([r["probabilities"] for r in _json(capsys, *photos[:4], "--weights", run)])
+    calibrated = _json(capsys, *photos[:4], "--weights", run)
+    scaled = np.array([r["probabilities"] for r in calibrated])
+    # the uncertain rule reads the raw logits: the temperature changes the confidence shown, not the flag
+    assert [r["uncertain"] for r in calibrated] == [r["uncertain"] for r in plain]
+    assert [r["raw_confidence"] for r in calibrated] == pytest.approx([max(p) for p in raw], abs=1e-6)
+    assert [r["confidence"] for r in calibrated] == pytest.approx(list(scaled.max(1)), abs=1e-6)
     # softmax(logits / 3) from the uncalibrated probabilities: log p = logits - a constant per image
     expected = np.exp(np.log(raw) / 3.0)
     np.testing.assert_allclose(scaled, expected / expected.sum(1, keepdims=True), atol=1e-6)

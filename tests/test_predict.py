@@ -37,7 +37,8 @@ def test_predict_reproduces_keras_probabilities(test_pngs, keras_expected, capsy
     assert code == 0
     records = json_lines(capsys.readouterr().out)
     assert [r["path"] for r in records] == [str(p) for p in test_pngs]
-    assert all(set(r) == {"path", "class", "confidence", "uncertain", "probabilities"} for r in records)
+    assert all(set(r) == {"path", "class", "confidence", "uncertain", "raw_confidence",
+                                  "probabilities"} for r in records)
     probs = np.array([r["probabilities"] for r in records])
     np.testing.assert_allclose(probs, keras_expected["probabilities"], atol=1e-5, rtol=0)
     assert [r["class"] for r in records] == [str(i) for i in keras_expected["probabilities"].argmax(1)]
@@ -54,7 +55,7 @@ def test_table_csv_and_top_k(test_pngs, tmp_path, capsys):
     # path class conf uncertain p(0..5) + 3 top-k cells
     assert first[0] == str(test_pngs[0]) and len(first) == 4 + 6 + 3
     rows = out_csv.read_text().strip().splitlines()
-    assert rows[0] == "path,class,confidence,p(0),p(1),p(2),p(3),p(4),p(5),uncertain"
+    assert rows[0] == "path,class,confidence,p(0),p(1),p(2),p(3),p(4),p(5),uncertain,raw_confidence"
     assert len(rows) == 1 + len(test_pngs)
     cells = rows[1].split(",")
     assert cells[0] == str(test_pngs[0]) and float(cells[2]) == max(map(float, cells[3:9]))
