@@ -157,7 +157,7 @@ def run(args) -> int:
         raise UserError(f"{png}: cannot write the confusion matrix picture ({err.strerror or err})") from None
     try:
         result["reliability_png"] = str(plot_reliability(logits, labels, weights.temperature, reliability_png,
-                                                         title=f"reliability on {Path(str(data_dir)).name}"))
+                                                         title=f"reliability, {dataset.source}"))
     except OSError as err:
         raise UserError(f"{reliability_png}: cannot write the reliability diagram ({err.strerror or err})") from None
     if args.json:
