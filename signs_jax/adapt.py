@@ -39,7 +39,7 @@ def adapt_batch_norm(model, variables, images, batch_size: int = BATCH_SIZE,
     images = np.asarray(images)
     if len(images) < max(2, min_photos):  # one photo has no variance
         raise UserError(f"--adapt needs at least {max(2, min_photos)} photos to re-estimate BatchNorm statistics, got "
-                        f"{len(images)} (fewer give worse answers than none: docs/calibration.md)")
+                        f"{len(images)} (with fewer, its answers are worse than without it: docs/calibration.md)")
     if images.dtype != np.uint8:
         images = np.asarray(images, np.float32) * 255.0  # the statistics step reads pixels in [0, 255]
     if model not in _STATS_STEPS:  # in-process callers reuse the compiled step of an equal model

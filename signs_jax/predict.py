@@ -218,7 +218,7 @@ def run(args) -> int:
                   + ("" if weights.run_dir is None or weights.temperature != 1 else " (not fitted)")
                   + f"; ? = uncertain (uncalibrated confidence below {args.threshold:g})"
                   + (f"; BatchNorm adapted to these {adapted_on} photos" if adapted_on else ""))
-            print(f"{'path':{path_width}s} {'class':>{width}s} {'conf':>6s} {'uncertain':>9s}  "
+            print(f"{'path':{path_width}s} {'class':>{width}s} {'conf':>6s} {'raw':>6s} {'uncertain':>9s}  "
                   + " ".join(f"p({n})".rjust(max(7, len(n) + 3)) for n in names) + ("  top-k" if k > 1 else ""))
         for path, logits in results:
             probs = softmax(logits, weights.temperature)
@@ -236,7 +236,7 @@ def run(args) -> int:
                 top = "  " + ", ".join(f"{names[i]}:{probs[i]:.3f}" for i in order[:k]) if k > 1 else ""
                 cells = " ".join(f"{p:{max(7, len(n) + 3)}.4f}" for n, p in zip(names, probs))
                 shown = best + ("?" if uncertain else "")
-                bar.write(f"{str(path):{path_width}s} {shown:>{width}s} {confidence:6.3f} "
+                bar.write(f"{str(path):{path_width}s} {shown:>{width}s} {confidence:6.3f} {raw_confidence:6.3f} "
                           f"{'yes' if uncertain else 'no':>9s}  {cells}{top}", file=sys.stdout)
             if csv_rows is not None:
                 csv_rows.append([str(path), best, f"{confidence:.6f}", *[f"{p:.6f}" for p in probs],

@@ -94,9 +94,9 @@ def test_the_uncertain_mark_is_in_the_table_json_and_csv(photos, tmp_path, capsy
                          "--csv", str(out_csv)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("# weights: ") and "uncertain" in lines[0]
-    assert lines[1].split()[:4] == ["path", "class", "conf", "uncertain"]
+    assert lines[1].split()[:5] == ["path", "class", "conf", "raw", "uncertain"]
     table = [line.split() for line in lines[2:]]
-    assert [row[3] == "yes" for row in table] == flags
+    assert [row[4] == "yes" for row in table] == flags
     assert [row[1].endswith("?") for row in table] == flags
     assert [row[1].rstrip("?") for row in table] == [r["class"] for r in records]
     rows = list(csv.DictReader(out_csv.open()))

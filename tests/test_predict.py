@@ -49,11 +49,11 @@ def test_table_csv_and_top_k(test_pngs, tmp_path, capsys):
     assert predict.main([str(test_pngs[0].parent), "--weights", KERAS_MODEL, "--csv", str(out_csv), "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("# weights: ") and KERAS_MODEL in lines[0]
-    assert lines[1].split() == ["path", "class", "conf", "uncertain", *[f"p({i})" for i in range(6)], "top-k"]
+    assert lines[1].split() == ["path", "class", "conf", "raw", "uncertain", *[f"p({i})" for i in range(6)], "top-k"]
     assert len(lines) == 2 + len(test_pngs)
     first = lines[2].split()
-    # path class conf uncertain p(0..5) + 3 top-k cells
-    assert first[0] == str(test_pngs[0]) and len(first) == 4 + 6 + 3
+    # path class conf raw uncertain p(0..5) + 3 top-k cells
+    assert first[0] == str(test_pngs[0]) and len(first) == 5 + 6 + 3
     rows = out_csv.read_text().strip().splitlines()
     assert rows[0] == "path,class,confidence,p(0),p(1),p(2),p(3),p(4),p(5),uncertain,raw_confidence"
     assert len(rows) == 1 + len(test_pngs)
