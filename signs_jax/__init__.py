@@ -24,6 +24,9 @@ _EXPORTS = {
     "load_weights": "weights",
     "load_signs": "data",
     "load_dataset": "data",
+    "adapt_batch_norm": "adapt",
+    "fit_temperature": "calibration",
+    "expected_calibration_error": "calibration",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -23,16 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="confusion matrix picture (default: confusion.png in the run directory, or in the current "
                    "directory for a Keras .h5); an existing file there is replaced (atomically) only when it is a "
                    "picture matplotlib made, never a photo or any other file")
+    p.add_argument("--reliability-png", metavar="PATH",
+                   help="reliability diagram (accuracy against confidence, before and after the run's calibration "
+                   "temperature; default: reliability.png next to the confusion matrix picture); replaced only as "
+                   "--confusion-png is")
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     return p
-
-
-@functools.lru_cache(maxsize=8)
-def compiled_eval_step(model):
-    """The jitted eval step of `model`: in-process callers (tests, notebooks) reuse it for an equal model."""
-    from .steps import make_eval_step
-
-    return make_eval_step(model)
 
 
 def confusion_matrix(labels, predictions, num_classes: int):
@@ -99,7 +95,8 @@ def run(args) -> int:
 
     from .data import load_dataset, near_copy_mask
     from .errors import UserError
-    from .loops import evaluate
+    from .calibration import ECE_BINS, calibration_report, nll, plot_reliability
+    from .predict import logits_of
     from .weights import load_weights
 
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -112,6 +109,10 @@ def run(args) -> int:
     weights = load_weights(args.weights, args.workdir)
     png = Path(args.confusion_png) if args.confusion_png else (weights.run_dir or Path(".")) / "confusion.png"
     check_write_target(png, "--confusion-png", "png")
+    if args.reliability_png:
+        check_write_target(args.reliability_png, "--reliability-png", "png")
+    reliability_png = Path(args.reliability_png) if args.reliability_png else png.parent / "reliability.png"
+    check_write_target(reliability_png, "--reliability-png", "png")
     model = weights.model
     data_dir = _data_dir(args.data_dir, weights.run_dir)
     dataset = load_dataset(data_dir, tuple(model.input_shape[:2]))
@@ -119,9 +120,11 @@ def run(args) -> int:
         raise UserError(f"{data_dir}: {dataset.num_classes} classes, but the model has {model.num_classes}")
     if dataset.image_shape != tuple(model.input_shape):
         raise UserError(f"{data_dir}: images are {dataset.image_shape}, the model expects {tuple(model.input_shape)}")
-    loss, accuracy, probs = evaluate(compiled_eval_step(model), weights.variables, dataset.test, args.batch_size)
-    predictions = probs.argmax(1)
+    logits = logits_of(model, weights.variables, dataset.test.images.astype(np.float32) / 255.0, args.batch_size)
     labels = dataset.test.labels
+    predictions = logits.argmax(1)
+    loss, accuracy = nll(logits, labels), float((predictions == labels).mean())
+    calibration = calibration_report(logits, labels, weights.temperature)
     matrix = confusion_matrix(labels, predictions, model.num_classes)
     precision, recall = per_class_scores(matrix)
     if tuple(map(str, dataset.class_names)) != tuple(weights.class_names):
@@ -144,11 +147,18 @@ def run(args) -> int:
                              "support": int(matrix[i].sum())}
                       for i, (name, p, r) in enumerate(zip(weights.class_names, precision, recall))},
         "confusion_matrix": matrix.tolist(),
+        # Before: the raw softmax (T = 1); after: with the run's fitted temperature (1 when it has none).
+        "calibration": {**calibration, "bins": ECE_BINS},
     }
     try:
         result["confusion_png"] = str(plot_confusion(matrix, weights.class_names, png))
     except OSError as err:
         raise UserError(f"{png}: cannot write the confusion matrix picture ({err.strerror or err})") from None
+    try:
+        result["reliability_png"] = str(plot_reliability(logits, labels, weights.temperature, reliability_png,
+                                                         title=f"reliability, {dataset.source}"))
+    except OSError as err:
+        raise UserError(f"{reliability_png}: cannot write the reliability diagram ({err.strerror or err})") from None
     if args.json:
         print(json.dumps(result))
         return 0
@@ -164,7 +174,12 @@ def run(args) -> int:
     print("      " + " ".join(f"{n:>5s}" for n in weights.class_names))
     for name, row in zip(weights.class_names, matrix):
         print(f"{name:>5s} " + " ".join(f"{v:5d}" for v in row))
-    print(f"\nconfusion matrix picture: {result['confusion_png']}")
+    c = calibration
+    fitted = "" if weights.temperature != 1 else " (no fitted temperature: T = 1)"
+    print(f"\ncalibration: temperature {c['temperature']:.4g}{fitted}; expected calibration error ({ECE_BINS} bins) "
+          f"{c['ece_before']:.4f} before, {c['ece_after']:.4f} after; NLL {c['nll_before']:.4f} before, "
+          f"{c['nll_after']:.4f} after")
+    print(f"\nconfusion matrix picture: {result['confusion_png']}\nreliability diagram: {result['reliability_png']}")
     return 0
 
 

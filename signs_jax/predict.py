@@ -9,6 +9,8 @@ import json
 import sys
 
 from . import config
+from .adapt import MIN_PHOTOS
+from .calibration import DEFAULT_THRESHOLD
 from .images import DEFAULT_INTERPOLATION, INTERPOLATIONS
 
 BATCH_BUCKETS = (1, 8)  # besides --batch-size: a one-image predict should not pay for a 32-image batch
@@ -31,10 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interpolation", choices=INTERPOLATIONS, default=DEFAULT_INTERPOLATION,
                    help="resize filter (default: %(default)s; 'nearest' is what Keras load_img uses; 'box' = 'area')")
     p.add_argument("--ignore-exif", action="store_true", help="do not rotate by the EXIF orientation (as Keras load_img)")
-    p.add_argument("--json", action="store_true", help="one JSON object per image: path, class, probabilities")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per image: path, class, confidence, uncertain, raw_confidence, "
+                   "probabilities")
     p.add_argument("--csv", metavar="FILE", help="also write the rows to a CSV file (the original's Result.csv); "
                    "see the rule below")
     p.add_argument("--top-k", type=int, default=1, metavar="K", help="show the K most likely classes (default: 1)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="P",
+                   help="mark an answer uncertain when its uncalibrated confidence (max softmax of the raw logits) "
+                   "is below P (default: %(default)s, measured in docs/calibration.md; 0 marks nothing)")
+    p.add_argument("--adapt", action="store_true",
+                   help=f"re-estimate every BatchNorm layer's statistics on the photos given (no labels; at least "
+                   f"{MIN_PHOTOS} photos, all held in memory), then predict them with those")
     p.add_argument("--batch-size", type=int, default=32,
                    help=f"images per forward pass, 1..{MAX_BATCH_SIZE} (default: %(default)s)")
     return p
@@ -48,7 +58,17 @@ def fixed_batch_size(num_files: int, batch_size: int) -> int:
 
 def predict_files(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True, batch_size=32, on_error=None,
                   progress=None):
-    """Yield (path, probabilities) for every readable file, in order.
+    """Yield (path, probabilities) for every readable file, in order: softmax(logits / T) with the weights'
+    calibration temperature T (1 when they have none)."""
+    from .calibration import softmax
+
+    for path, logits in predict_logits(weights, files, interpolation, exif, batch_size, on_error, progress):
+        yield path, softmax(logits, weights.temperature)
+
+
+def predict_logits(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True, batch_size=32, on_error=None,
+                   progress=None):
+    """Yield (path, logits) for every readable file, in order.
 
     Memory stays bounded whatever the number of files: images are decoded one batch at a time, every
     batch is padded to the same shape (one compile), and the next batch is decoded while the previous
@@ -56,51 +76,78 @@ def predict_files(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True
     """
     import numpy as np
 
-    from .images import ImageError, load_image
-
     model = weights.model
     size = tuple(model.input_shape[:2])
     forward = compiled_forward(model)
-    in_flight = None  # (paths, probabilities on the device) of the batch being computed
+    in_flight = None  # (paths, logits on the device) of the batch being computed
 
-    def files_in_batches():
-        pending, paths = [], []
-        for path in files:
-            try:
-                pending.append(load_image(path, size, interpolation, exif))
-                paths.append(path)
-            except ImageError as err:
-                if on_error:
-                    on_error(str(err))
-            if progress:
-                progress.update(1)
-            if len(pending) == batch_size:
-                yield paths, pending
-                pending, paths = [], []
-        if pending:
-            yield paths, pending
-
-    for paths, pending in files_in_batches():
+    for paths, pending in _decoded_batches(files, size, interpolation, exif, batch_size, on_error, progress):
         # A fresh array each batch: on CPU, JAX may alias the numpy buffer while the batch computes.
         x = np.zeros((batch_size, *size, 3), np.float32)
         x[: len(pending)] = np.stack(pending)
         launched = (paths, forward(weights.variables, x))
         if in_flight:
-            done_paths, probs = in_flight
-            yield from zip(done_paths, np.asarray(probs)[: len(done_paths)])
+            done_paths, logits = in_flight
+            yield from zip(done_paths, np.asarray(logits)[: len(done_paths)])
         in_flight = launched
     if in_flight:
-        done_paths, probs = in_flight
-        yield from zip(done_paths, np.asarray(probs)[: len(done_paths)])
+        done_paths, logits = in_flight
+        yield from zip(done_paths, np.asarray(logits)[: len(done_paths)])
+
+
+def _decoded_batches(files, size, interpolation, exif, batch_size, on_error=None, progress=None):
+    """(paths, images) of up to `batch_size` readable files at a time; an unreadable one goes to `on_error`."""
+    from .images import ImageError, load_image
+
+    pending, paths = [], []
+    for path in files:
+        try:
+            pending.append(load_image(path, size, interpolation, exif))
+            paths.append(path)
+        except ImageError as err:
+            if on_error:
+                on_error(str(err))
+        if progress:
+            progress.update(1)
+        if len(pending) == batch_size:
+            yield paths, pending
+            pending, paths = [], []
+    if pending:
+        yield paths, pending
+
+
+def load_images(files, size, interpolation=DEFAULT_INTERPOLATION, exif=True, on_error=None, progress=None):
+    """(paths, images (N, H, W, 3) float32 in [0, 1]) of every readable file, all in memory (for --adapt)."""
+    import numpy as np
+
+    paths, images = [], []
+    for batch_paths, batch in _decoded_batches(files, size, interpolation, exif, 256, on_error, progress):
+        paths += batch_paths
+        images += batch
+    return paths, (np.stack(images) if images else np.zeros((0, *size, 3), np.float32))
+
+
+def logits_of(model, variables, images, batch_size: int = 32):
+    """Logits (N, classes) of images already in memory ((N, H, W, 3) float in [0, 1]), in fixed-shape batches."""
+    import numpy as np
+
+    forward = compiled_forward(model)
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        x = np.zeros((batch_size, *images.shape[1:]), np.float32)
+        x[: len(chunk)] = chunk
+        out.append(np.asarray(forward(variables, x))[: len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
 
 
 @functools.lru_cache(maxsize=8)
 def compiled_forward(model):
-    """`(variables, images in [0, 1]) -> probabilities`, jitted once per model: repeated in-process calls
+    """`(variables, images in [0, 1]) -> logits`, jitted once per model: repeated in-process calls
     (tests, notebooks) with an equal model reuse the compiled executable."""
     import jax
 
-    return jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x)))
+    return jax.jit(lambda variables, x: model.apply(variables, x))
 
 
 def main(argv=None) -> int:
@@ -111,6 +158,8 @@ def main(argv=None) -> int:
 
 def validate_args(args) -> None:
     """The flags, and the CSV target against the inputs, before anything is read or written: one line."""
+    import math
+
     from .errors import UserError
     from .files import check_write_target
 
@@ -118,6 +167,8 @@ def validate_args(args) -> None:
         raise UserError(f"--top-k {args.top_k}: must be at least 1")
     if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
         raise UserError(f"--batch-size {args.batch_size}: must be between 1 and {MAX_BATCH_SIZE}")
+    if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
+        raise UserError(f"--threshold {args.threshold}: must be a confidence between 0 and 1 (0: mark nothing)")
     if args.csv:
         check_write_target(args.csv, "--csv", "csv", inputs=args.inputs)
 
@@ -125,6 +176,8 @@ def validate_args(args) -> None:
 def run(args) -> int:
     import logging
 
+    from .cache import enable_compilation_cache
+    from .calibration import softmax, uncertainty_score
     from .images import expand_inputs
     from .weights import load_weights
 
@@ -145,34 +198,58 @@ def run(args) -> int:
 
     from tqdm import tqdm
 
-    csv_rows = [["path", "class", "confidence", *[f"p({n})" for n in names]]] if args.csv else None
-    width = max([6, *map(len, names)])
+    csv_header = ["path", "class", "confidence", *[f"p({n})" for n in names], "uncertain", "raw_confidence"]
+    csv_rows = [csv_header] if args.csv else None
+    width = max([6, *map(len, names)]) + 1  # room for the uncertain mark
     path_width = min(40, max([4, *(len(str(f)) for f in files[:1000])]))
-    if not args.json:
-        print(f"# weights: {weights.source}")
-        print(f"{'path':{path_width}s} {'class':>{width}s} {'conf':>6s}  " + " ".join(f"p({n})".rjust(max(7, len(n) + 3)) for n in names)
-              + ("  top-k" if k > 1 else ""))
     batch = fixed_batch_size(len(files), args.batch_size)
     with tqdm(total=len(files), unit="img", disable=None, leave=False, file=sys.stderr) as bar:
-        for path, probs in predict_files(weights, files, args.interpolation, not args.ignore_exif, batch,
-                                         report_error, bar):
+        if args.adapt:
+            results, adapted_on = _adapted_logits(weights, files, args, batch, report_error, bar)
+        else:
+            results, adapted_on = predict_logits(weights, files, args.interpolation, not args.ignore_exif, batch,
+                                                 report_error, bar), None
+        if not args.json:
+            print(f"# weights: {weights.source}; temperature {weights.temperature:.4g}"
+                  + ("" if weights.run_dir is None or weights.temperature != 1 else " (not fitted)")
+                  + f"; ? = uncertain (uncalibrated confidence below {args.threshold:g})"
+                  + (f"; BatchNorm adapted to these {adapted_on} photos" if adapted_on else ""))
+            print(f"{'path':{path_width}s} {'class':>{width}s} {'conf':>6s} {'raw':>6s} {'uncertain':>9s}  "
+                  + " ".join(f"p({n})".rjust(max(7, len(n) + 3)) for n in names) + ("  top-k" if k > 1 else ""))
+        for path, logits in results:
+            probs = softmax(logits, weights.temperature)
             order = probs.argsort()[::-1]
-            best = names[order[0]]
+            best, confidence = names[order[0]], float(probs[order[0]])
+            raw_confidence = float(uncertainty_score(logits))
+            uncertain = raw_confidence < args.threshold
             if args.json:
-                record = {"path": str(path), "class": best, "probabilities": [float(p) for p in probs]}
+                record = {"path": str(path), "class": best, "confidence": confidence, "uncertain": uncertain,
+                          "raw_confidence": raw_confidence, "probabilities": [float(p) for p in probs]}
                 if k > 1:
                     record["top_k"] = [[names[i], float(probs[i])] for i in order[:k]]
                 print(json.dumps(record), flush=True)
             else:
                 top = "  " + ", ".join(f"{names[i]}:{probs[i]:.3f}" for i in order[:k]) if k > 1 else ""
                 cells = " ".join(f"{p:{max(7, len(n) + 3)}.4f}" for n, p in zip(names, probs))
-                bar.write(f"{str(path):{path_width}s} {best:>{width}s} {probs[order[0]]:6.3f}  {cells}{top}",
-                          file=sys.stdout)
+                shown = best + ("?" if uncertain else "")
+                bar.write(f"{str(path):{path_width}s} {shown:>{width}s} {confidence:6.3f} {raw_confidence:6.3f} "
+                          f"{'yes' if uncertain else 'no':>9s}  {cells}{top}", file=sys.stdout)
             if csv_rows is not None:
-                csv_rows.append([str(path), best, f"{probs[order[0]]:.6f}", *[f"{p:.6f}" for p in probs]])
+                csv_rows.append([str(path), best, f"{confidence:.6f}", *[f"{p:.6f}" for p in probs],
+                                 "yes" if uncertain else "no", f"{raw_confidence:.6f}"])
     if csv_rows is not None:  # only a finished run replaces an existing CSV
         _write_csv(args.csv, csv_rows)
     return 1 if failed else 0
+
+
+def _adapted_logits(weights, files, args, batch_size, on_error, progress):
+    """--adapt: every photo decoded, BatchNorm statistics re-estimated on all of them, then their logits."""
+    from .adapt import adapt_batch_norm
+
+    paths, images = load_images(files, tuple(weights.model.input_shape[:2]), args.interpolation,
+                                not args.ignore_exif, on_error, progress)
+    variables = adapt_batch_norm(weights.model, weights.variables, images)
+    return zip(paths, logits_of(weights.model, variables, images, batch_size)), len(paths)
 
 
 def _write_csv(path, rows) -> None:

@@ -429,16 +429,12 @@ def parse_only(value: str | None) -> list:
 
 def make_predict_fn(model, variables, batch_size: int):
     """uint8 images -> probabilities, in batches of `batch_size` (the last one padded: one compile)."""
-    from .predict import compiled_forward
-
-    forward = compiled_forward(model)
+    from .predict import logits_of
 
     def predict(images):
-        n = len(images)
-        padded = np.zeros((-(-n // batch_size) * batch_size, *images.shape[1:]), np.float32)
-        padded[:n] = images / np.float32(255)
-        probs = [forward(variables, padded[i:i + batch_size]) for i in range(0, len(padded), batch_size)]
-        return np.concatenate([np.asarray(p) for p in probs])[:n]
+        logits = logits_of(model, variables, images / np.float32(255), batch_size)
+        exp = np.exp(logits - logits.max(1, keepdims=True))
+        return exp / exp.sum(1, keepdims=True)
 
     return predict
 

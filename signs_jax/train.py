@@ -684,7 +684,16 @@ def _train(args, place: RunDirectory) -> int:
     job.ckpts.close()
     if dp.is_primary:
         _write_results(job, progress.history)
+        _calibrate(job)
     return 0
+
+
+def _calibrate(job: _Job) -> None:
+    """The best checkpoint's confidence temperature, fitted on the validation split (docs/calibration.md)."""
+    from .calibrate import NO_VALIDATION, describe, fit_run
+
+    record = fit_run(job.run_dir, job.cfg["eval_batch_size"])
+    print(f"calibration: {describe(record)}" if record else f"calibration: {NO_VALIDATION.format(run=job.run_dir)}")
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,8 @@ class Weights(NamedTuple):
     class_names: Tuple[str, ...]
     source: str
     run_dir: Optional[Path] = None  # the training run the weights come from (None for a Keras .h5)
+    # Divides the logits before the softmax: fitted on the run's validation split (calibration.json), else 1.
+    temperature: float = 1.0
 
 
 def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR)) -> Weights:
@@ -38,7 +40,23 @@ def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR)
     _check_fit(run)
     model, variables, step = restore_variables(run)
     names = read_config(run)["model"].get("class_names") or default_class_names(model.num_classes)
-    return Weights(model, variables, tuple(names), f"{run} (step {step})", run)
+    return Weights(model, variables, tuple(names), f"{run} (step {step})", run, stored_temperature(run, step))
+
+
+def stored_temperature(run: Path, step: int) -> float:
+    """The run's fitted temperature when it was fitted to the checkpoint being loaded, else 1."""
+    import warnings
+
+    from .calibration import read_calibration
+
+    record = read_calibration(run)
+    if record is None:
+        return 1.0
+    if record.get("step") is not None and int(record["step"]) != int(step):
+        warnings.warn(f"{run}: calibration.json was fitted to step {record['step']}, not {step}: using T = 1",
+                      stacklevel=2)
+        return 1.0
+    return float(record["temperature"])
 
 
 def _newest_complete_run(workdir: Path) -> Path:

@@ -37,7 +37,8 @@ def test_predict_reproduces_keras_probabilities(test_pngs, keras_expected, capsy
     assert code == 0
     records = json_lines(capsys.readouterr().out)
     assert [r["path"] for r in records] == [str(p) for p in test_pngs]
-    assert all(set(r) == {"path", "class", "probabilities"} for r in records)
+    assert all(set(r) == {"path", "class", "confidence", "uncertain", "raw_confidence",
+                                  "probabilities"} for r in records)
     probs = np.array([r["probabilities"] for r in records])
     np.testing.assert_allclose(probs, keras_expected["probabilities"], atol=1e-5, rtol=0)
     assert [r["class"] for r in records] == [str(i) for i in keras_expected["probabilities"].argmax(1)]
@@ -48,15 +49,17 @@ def test_table_csv_and_top_k(test_pngs, tmp_path, capsys):
     assert predict.main([str(test_pngs[0].parent), "--weights", KERAS_MODEL, "--csv", str(out_csv), "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("# weights: ") and KERAS_MODEL in lines[0]
-    assert lines[1].split() == ["path", "class", "conf", *[f"p({i})" for i in range(6)], "top-k"]
+    assert lines[1].split() == ["path", "class", "conf", "raw", "uncertain", *[f"p({i})" for i in range(6)], "top-k"]
     assert len(lines) == 2 + len(test_pngs)
     first = lines[2].split()
-    assert first[0] == str(test_pngs[0]) and len(first) == 3 + 6 + 3  # path class conf p(0..5) + 3 top-k cells
+    # path class conf raw uncertain p(0..5) + 3 top-k cells
+    assert first[0] == str(test_pngs[0]) and len(first) == 5 + 6 + 3
     rows = out_csv.read_text().strip().splitlines()
-    assert rows[0] == "path,class,confidence,p(0),p(1),p(2),p(3),p(4),p(5)" and len(rows) == 1 + len(test_pngs)
+    assert rows[0] == "path,class,confidence,p(0),p(1),p(2),p(3),p(4),p(5),uncertain,raw_confidence"
+    assert len(rows) == 1 + len(test_pngs)
     cells = rows[1].split(",")
-    assert cells[0] == str(test_pngs[0]) and float(cells[2]) == max(map(float, cells[3:]))
-    assert abs(sum(float(v) for v in cells[3:]) - 1) < 1e-5
+    assert cells[0] == str(test_pngs[0]) and float(cells[2]) == max(map(float, cells[3:9]))
+    assert abs(sum(float(v) for v in cells[3:9]) - 1) < 1e-5 and cells[9] in ("yes", "no")
     # --json --top-k adds the K best (class, probability) pairs, best first
     assert predict.main([str(test_pngs[0].parent), "--weights", KERAS_MODEL, "--json", "--top-k", "2"]) == 0
     record = json_lines(capsys.readouterr().out)[0]
