@@ -1,6 +1,5 @@
 """`python -m signs_jax.evaluate`: loss, accuracy, per-class precision/recall and a confusion matrix."""
 import argparse
-import functools
 import json
 import sys
 from pathlib import Path

@@ -176,7 +176,6 @@ def validate_args(args) -> None:
 def run(args) -> int:
     import logging
 
-    from .cache import enable_compilation_cache
     from .calibration import softmax, uncertainty_score
     from .images import expand_inputs
     from .weights import load_weights
