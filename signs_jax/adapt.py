@@ -3,9 +3,10 @@
 Photos from another camera, light or background shift every layer's activation statistics; the stored
 BatchNorm means and variances then normalise them wrongly. Re-estimating them on the photos to be
 predicted (no labels needed) is the "precise BatchNorm" step training ends each epoch with
-(`steps.recalibrate_batch_stats`), run on the user's photos instead of clean training images.
+(`loops.recalibrate_batch_stats`), run on the user's photos instead of clean training images.
 How many photos it needs, and why fewer than MIN_PHOTOS are refused: docs/calibration.md.
 """
+import functools
 import math
 from typing import Any, Dict
 
@@ -13,9 +14,6 @@ from .errors import UserError
 
 MIN_PHOTOS = 16
 BATCH_SIZE = 32
-
-_STATS_STEPS: Dict[Any, Any] = {}
-
 
 def adapt_batches(num_photos: int, batch_size: int = BATCH_SIZE) -> int:
     """The batch size that splits `num_photos` into the fewest batches of at most `batch_size`, as evenly as
@@ -34,7 +32,7 @@ def adapt_batch_norm(model, variables, images, batch_size: int = BATCH_SIZE,
     """
     import numpy as np
 
-    from .steps import make_bn_statistics_step, recalibrate_batch_stats
+    from .loops import recalibrate_batch_stats
 
     images = np.asarray(images)
     if len(images) < max(2, min_photos):  # one photo has no variance
@@ -42,6 +40,13 @@ def adapt_batch_norm(model, variables, images, batch_size: int = BATCH_SIZE,
                         f"{len(images)} (with fewer, its answers are worse than without it: docs/calibration.md)")
     if images.dtype != np.uint8:
         images = np.asarray(images, np.float32) * 255.0  # the statistics step reads pixels in [0, 255]
-    if model not in _STATS_STEPS:  # in-process callers reuse the compiled step of an equal model
-        _STATS_STEPS[model] = make_bn_statistics_step(model)
-    return recalibrate_batch_stats(_STATS_STEPS[model], variables, images, adapt_batches(len(images), batch_size))
+    return recalibrate_batch_stats(compiled_statistics_step(model), variables, images,
+                                   adapt_batches(len(images), batch_size))
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_statistics_step(model):
+    """The jitted BatchNorm-statistics step of `model`: in-process callers reuse it for an equal model."""
+    from .steps import make_bn_statistics_step
+
+    return make_bn_statistics_step(model)

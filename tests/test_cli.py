@@ -19,7 +19,7 @@ def test_console_entry_points_are_the_modules_mains():
         assert installed[name].load() is importlib.import_module(module).main
 
 
-@pytest.mark.parametrize("module", [*TOOLS.values(), "signs_jax.shifts"])
+@pytest.mark.parametrize("module", [*TOOLS.values(), "signs_jax.shifts", "signs_jax.calibrate"])
 def test_help_exits_0_and_names_the_tool(module, capsys):
     with pytest.raises(SystemExit) as stop:
         importlib.import_module(module).main(["--help"])
