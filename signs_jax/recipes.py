@@ -80,9 +80,9 @@ RECIPES = {
     # docs/finetune.md. BatchNorm keeps the starting model's statistics; the starting weights are kept
     # when no epoch beats them on the held-out photos.
     "finetune": Recipe(
-        epochs=30,
+        epochs=15,
         batch_size=16,
-        lr=3e-4,
+        lr=1e-4,
         optimizer="adamw",
         weight_decay=0.0,
         schedule="constant",
