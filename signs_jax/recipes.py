@@ -82,7 +82,7 @@ RECIPES = {
     "finetune": Recipe(
         epochs=15,
         batch_size=16,
-        lr=1e-4,
+        lr=1e-5,
         optimizer="adamw",
         weight_decay=0.0,
         schedule="constant",
