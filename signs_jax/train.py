@@ -760,7 +760,8 @@ def _score_start(job: _Job, progress: _Progress) -> None:
     from .steps import evaluate
 
     if job.dataset.validation is None:
-        job.say("no image held out (a class has fewer than two): the fine-tuned weights are kept unchecked")
+        job.say("no image held out (--val-fraction 0, or no class has two): the fine-tuned weights are kept "
+                "without a check against the starting ones")
         return
     t0 = time.perf_counter()
     variables = progress.state.eval_variables()
@@ -796,7 +797,7 @@ def _finish_finetuning(job: _Job, history, kept_step) -> Optional[Dict[str, Any]
     epoch = next((h["epoch"] for h in history if h["step"] == step), None)
     job.say(f"kept weights (step {step}{'' if epoch is None else f', epoch {epoch}'}): "
             f"test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}", flush=True)
-    return {**(history[-1] if history else {}), **record}
+    return {**(kept or (history[-1] if history else {})), **record}
 
 
 def main(argv=None) -> int:
