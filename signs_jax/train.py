@@ -584,7 +584,8 @@ def _start(job: _Job) -> _Progress:
     if not job.args.resume or not job.ckpts.steps():
         if job.args.resume:
             print(f"{job.run_dir} has no checkpoint yet: starting it from the beginning")
-        state = dp.replicate(create_state(_initial_variables(job.model, job.cfg, job.start), job.tx, job.seed, bool(recipe.ema_decay)))
+        variables = _initial_variables(job.model, job.cfg, job.start)
+        state = dp.replicate(create_state(variables, job.tx, job.seed, bool(recipe.ema_decay)))
         if dp.is_primary:
             metrics_path.unlink(missing_ok=True)
         return _Progress(state)
