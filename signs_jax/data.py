@@ -250,8 +250,12 @@ def load_image_folders(train_dir, test_dir, val_dir=None, image_size=None) -> Da
 # --------------------------------------------------------------------------------- splits, batches
 
 
-def hold_out_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset:
-    """Move a stratified, seeded `fraction` of the training set into `validation`."""
+def hold_out_validation(dataset: Dataset, fraction: float, seed: int, at_least_one: bool = False) -> Dataset:
+    """Move a stratified, seeded `fraction` of the training set into `validation`.
+
+    `at_least_one`: every class with two or more images gives at least one (and keeps at least one). When
+    nothing is held out the dataset stays without validation.
+    """
     if fraction <= 0:
         return dataset
     if not 0 < fraction < 1:
@@ -260,7 +264,12 @@ def hold_out_validation(dataset: Dataset, fraction: float, seed: int) -> Dataset
     val_idx = []
     for c in range(dataset.num_classes):
         members = np.flatnonzero(dataset.train.labels == c)
-        val_idx += rng.permutation(members)[: int(round(len(members) * fraction))].tolist()
+        count = int(round(len(members) * fraction))
+        if at_least_one and len(members) >= 2:
+            count = min(max(count, 1), len(members) - 1)
+        val_idx += rng.permutation(members)[:count].tolist()
+    if not val_idx:
+        return dataset
     mask = np.zeros(len(dataset.train.labels), bool)
     mask[val_idx] = True
     train = Split(dataset.train.images[~mask], dataset.train.labels[~mask])

@@ -26,10 +26,22 @@ class Recipe:
     # Evaluate and save with BatchNorm statistics re-estimated on this many un-augmented training
     # images ("precise BN"); 0 keeps the moving averages, as Keras does.
     bn_recalibration_images: int = 0
+    # Train with BatchNorm in inference mode: its moving statistics stay as they are and normalise every
+    # batch. Fine-tuning on a few photos needs this: statistics of a few photos would replace those of
+    # the thousands the model learnt from (see docs/finetune.md).
+    freeze_batch_norm: bool = False
+    # Hold out this stratified fraction of the training images for validation when --val-fraction is not
+    # given (with at least one image of every class that has two): the checkpoint kept is chosen on it.
+    val_fraction: float = 0.0
+    # Evaluate the test set after every epoch; False: once, on the weights the run keeps.
+    test_each_epoch: bool = True
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
+
+DEFAULT_RECIPE = "default"
+FINETUNE_RECIPE = "finetune"  # what `train --init-from` uses unless --recipe is given
 
 RECIPES = {
     # The course notebook: model.compile(optimizer='adam', loss='categorical_crossentropy'),
@@ -63,5 +75,22 @@ RECIPES = {
         augment=True,
         freeze_conv_bias=True,
         bn_recalibration_images=480,
+    ),
+    # Fine-tuning trained weights on a few photos per class (`train --init-from`): measured in
+    # docs/finetune.md. BatchNorm keeps the starting model's statistics; the starting weights are kept
+    # when no epoch beats them on the held-out photos.
+    "finetune": Recipe(
+        epochs=15,
+        batch_size=16,
+        lr=1e-5,
+        optimizer="adamw",
+        weight_decay=0.0,
+        schedule="constant",
+        label_smoothing=0.1,
+        augment=True,
+        freeze_conv_bias=True,
+        freeze_batch_norm=True,
+        val_fraction=0.2,
+        test_each_epoch=False,
     ),
 }

@@ -111,9 +111,11 @@ def make_train_step(model, tx: optax.GradientTransformation, recipe: Recipe, dp=
             x = augment(rng, x)
 
         def loss_fn(params):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
-            )
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            if recipe.freeze_batch_norm:
+                logits, updates = model.apply(variables, x), {"batch_stats": state.batch_stats}
+            else:
+                logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
             loss = _cross_entropy(logits, labels, model.num_classes, recipe.label_smoothing).mean()
             if recipe.l2:
                 loss = loss + l2_penalty(params, recipe.l2)

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from . import cli, config
 from .errors import UserError
-from .recipes import RECIPES, Recipe
+from .recipes import DEFAULT_RECIPE, FINETUNE_RECIPE, RECIPES, Recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,19 +29,28 @@ def build_parser() -> argparse.ArgumentParser:
         "may pick) once it holds its first checkpoint; a start that fails before that removes the directory it "
         "made, and `--run NAME` may start an incomplete one again. A process training a run locks it.",
     )
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="default", help="hyper-parameter set (default: %(default)s)")
+    p.add_argument("--recipe", choices=sorted(RECIPES),
+                   help=f"hyper-parameter set (default: {FINETUNE_RECIPE} with --init-from, else {DEFAULT_RECIPE})")
     p.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seed for init, batch order and augmentation (default: 0)")
     p.add_argument("--data-dir", help=cli.DATA_DIR_HELP + "; a resumed run reads the data it was trained on")
-    p.add_argument("--val-fraction", type=float, default=0.0, help="hold out this stratified fraction of train for validation")
+    p.add_argument("--val-fraction", type=float,
+                   help="hold out this stratified fraction of train for validation (default: the recipe's; "
+                   f"{FINETUNE_RECIPE}: {RECIPES[FINETUNE_RECIPE].val_fraction:g}, at least one image of each class "
+                   "that has two)")
     p.add_argument("--workdir", default=str(config.DEFAULT_WORKDIR), help="where runs are written (default: %(default)s)")
     p.add_argument("--run", help="run name (default: <recipe>-seed<seed>-<time>); with --resume: the run to continue")
     p.add_argument("--resume", action="store_true", help="continue the newest run in --workdir (or --run)")
-    p.add_argument("--init-from", metavar="PATH", help="start from a Keras .h5 or a run directory; the head is replaced when the class count differs")
-    p.add_argument("--width", type=float, default=1.0, help="filter-count multiplier (default: 1, the original)")
-    p.add_argument("--stage-sizes", default="3,4,6,3", help="blocks per stage (default: %(default)s, ResNet50)")
+    p.add_argument("--init-from", metavar="PATH",
+                   help="fine-tune: start from a Keras .h5, a run directory or a work directory (its newest run), "
+                   "as predict's --weights; the input size is the starting model's unless --image-size is given, the "
+                   "head is replaced when the class count differs, and the starting weights are kept when fine-tuning "
+                   "does not improve on them on the held-out images")
+    p.add_argument("--width", type=float,
+                   help="filter-count multiplier (default: the --init-from model's, else 1, the original)")
+    p.add_argument("--stage-sizes", help="blocks per stage (default: the --init-from model's, else 3,4,6,3, ResNet50)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize image-folder data to H W")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay float32)")
     p.add_argument("--conv", default=None, help="convolution implementation, xla or matmul (default: matmul on CPU, "
@@ -96,14 +105,15 @@ def validate_args(args) -> None:
         raise UserError(f"--lr {args.lr}: must be a finite number above 0")
     if not 0 <= args.seed <= MAX_SEED:
         raise UserError(f"--seed {args.seed}: must be between 0 and {MAX_SEED}")
-    if not (_finite(args.val_fraction) and 0 <= args.val_fraction < 1):
+    if args.val_fraction is not None and not (_finite(args.val_fraction) and 0 <= args.val_fraction < 1):
         raise UserError(f"--val-fraction {args.val_fraction}: must be at least 0 and below 1")
-    if not (_finite(args.width) and args.width > 0) or args.width > MAX_WIDTH:
+    if args.width is not None and (not (_finite(args.width) and args.width > 0) or args.width > MAX_WIDTH):
         raise UserError(f"--width {args.width}: must be above 0 and at most {MAX_WIDTH:g}")
-    if round(config.RESNET50_STEM_FILTERS * args.width) < 1:
+    if args.width is not None and round(config.RESNET50_STEM_FILTERS * args.width) < 1:
         raise UserError(f"--width {args.width}: leaves the first convolution without a filter "
                         f"(at least {0.5 / config.RESNET50_STEM_FILTERS:g})")
-    _stage_sizes(args.stage_sizes)
+    if args.stage_sizes is not None:
+        _stage_sizes(args.stage_sizes)
     if args.image_size and not all(MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE for side in args.image_size):
         raise UserError(f"--image-size {' '.join(map(str, args.image_size))}: each side must be between "
                         f"{MIN_IMAGE_SIDE} (the model's smallest input) and {MAX_IMAGE_SIDE}")
@@ -113,9 +123,15 @@ def validate_args(args) -> None:
         raise UserError(f"--process-id {args.process_id}: must be between 0 and --num-processes - 1")
     if args.init_from and not Path(args.init_from).exists():
         raise UserError(f"{args.init_from}: no such file or directory "
-                        "(--init-from takes a Keras .h5 or a run directory)")
+                        "(--init-from takes a Keras .h5, a run directory or a work directory)")
     if args.run is not None and (not args.run or args.run in (".", "..") or "/" in args.run or "\0" in args.run):
         raise UserError(f"--run {args.run!r}: a run name is one folder name (no '/')")
+
+
+def choose_recipe(args) -> None:
+    """--recipe, or the fine-tuning recipe when the run starts from trained weights."""
+    if args.recipe is None:
+        args.recipe = FINETUNE_RECIPE if args.init_from else DEFAULT_RECIPE
 
 
 def _stage_sizes(text: str) -> List[int]:
@@ -282,27 +298,34 @@ def _check_resume(args, cfg: Dict[str, Any], run_dir: Path) -> bool:
     return bool(args.epochs) and args.epochs != cfg["recipe"]["epochs"]
 
 
-def _new_config(args, dataset) -> Dict[str, Any]:
+def _new_config(args, dataset, image_size, start) -> Dict[str, Any]:
     from .models import CONV_IMPLEMENTATIONS
 
     recipe = RECIPES[args.recipe].replace(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     conv = args.conv  # None: the default of the backend the model is built on, at every restore too
     if conv is not None and conv not in CONV_IMPLEMENTATIONS:
         raise UserError(f"--conv {conv}: choose from {', '.join(sorted(CONV_IMPLEMENTATIONS))}")
-    stage_sizes = _stage_sizes(args.stage_sizes)
+    if args.stage_sizes is not None:
+        stage_sizes = _stage_sizes(args.stage_sizes)
+    else:  # fine-tuning keeps the starting model's architecture
+        stage_sizes = list(start.model.stage_sizes) if start else list(config.RESNET50_STAGE_SIZES)
+    width = args.width if args.width is not None else (
+        start.model.stem_filters / config.RESNET50_STEM_FILTERS if start else 1.0)
     return {
         "recipe_name": args.recipe,
         "recipe": dataclasses.asdict(recipe),
         "seed": args.seed,
-        "val_fraction": args.val_fraction,
+        "val_fraction": recipe.val_fraction if args.val_fraction is None else args.val_fraction,
+        "val_at_least_one": args.val_fraction is None and recipe.val_fraction > 0,
         **cli.data_record(cli.data_dir(args.data_dir)),
-        "image_size": list(args.image_size) if args.image_size else None,
-        "init_from": args.init_from,
+        "image_size": list(image_size) if image_size else None,
+        # A work directory names the run it held then: a run started again later starts from the same weights.
+        "init_from": None if start is None else str(start.run_dir or args.init_from),
         "eval_batch_size": args.eval_batch_size,
         "model": {
             "num_classes": dataset.num_classes,
             "class_names": list(dataset.class_names),
-            "width": args.width,
+            "width": width,
             "stage_sizes": stage_sizes,
             "input_shape": list(dataset.image_shape),
             "dtype": args.dtype,
@@ -312,7 +335,15 @@ def _new_config(args, dataset) -> Dict[str, Any]:
     }
 
 
-def _initial_variables(model, cfg):
+def _starting_weights(source: str):
+    """--init-from, resolved as predict resolves --weights (`weights.load_weights`)."""
+    from .weights import load_weights
+
+    return load_weights(source, flag="--init-from")
+
+
+def _initial_variables(model, cfg, start=None):
+    """Fresh variables for the run's model; with --init-from, every weight of the starting model that fits."""
     import jax
 
     from .models import init_variables
@@ -320,16 +351,8 @@ def _initial_variables(model, cfg):
     variables = init_variables(model, jax.random.key(cfg["seed"]))
     if not cfg.get("init_from"):
         return variables
-    source = Path(cfg["init_from"])
-    if source.suffix.lower() in (".h5", ".hdf5", ".keras"):
-        from .keras_h5 import load_keras_h5
-
-        _, loaded = load_keras_h5(source)
-    else:
-        from .checkpoints import restore_variables
-
-        _, loaded, _ = restore_variables(source)
-    return transfer(variables, loaded, str(source))
+    start = start or _starting_weights(cfg["init_from"])
+    return transfer(variables, start.variables, cfg["init_from"])
 
 
 def transfer(target, source, name: str):
@@ -454,6 +477,7 @@ class _Job:
     bn_statistics_step: Any
     calibration_images: Any  # a fixed, seeded subset of clean training images for re-estimating BatchNorm statistics
     near_copies: Any  # bool per test image: has a near-copy in train
+    start: Any = None  # weights.Weights of --init-from, loaded by a new run's setup
 
     @property
     def seed(self) -> int:
@@ -506,12 +530,22 @@ def _setup(args, place: RunDirectory) -> _Job:
     else:
         cfg = None
     data_dir = cli.recorded_data_dir(cfg, run_dir) if cfg else cli.data_dir(args.data_dir)
-    image_size = tuple(cfg["image_size"]) if cfg and cfg.get("image_size") else (tuple(args.image_size) if args.image_size else None)
+    start = _starting_weights(args.init_from) if cfg is None and args.init_from else None
+    if cfg:
+        image_size = tuple(cfg["image_size"]) if cfg.get("image_size") else None
+    elif args.image_size:
+        image_size = tuple(args.image_size)
+    else:  # fine-tuning sees images at the size the starting model was trained at
+        image_size = tuple(start.model.input_shape[:2]) if start else None
     dataset = load_dataset(data_dir, image_size)
-    if cfg is None:
-        cfg = _new_config(args, dataset)
+    new_config = cfg is None
+    if new_config:
+        cfg = _new_config(args, dataset, image_size, start)
     seed = cfg["seed"]
-    dataset = hold_out_validation(dataset, cfg["val_fraction"], seed)
+    if not (cfg.get("val_at_least_one") and dataset.validation is not None):  # else a val*/ folder is held out
+        dataset = hold_out_validation(dataset, cfg["val_fraction"], seed, cfg.get("val_at_least_one", False))
+    if new_config and cfg["init_from"] and args.batch_size is None:  # a few photos: one batch may hold them all
+        cfg["recipe"]["batch_size"] = min(cfg["recipe"]["batch_size"], len(dataset.train.labels))
     recipe = Recipe(**cfg["recipe"])
     model = model_from_config(cfg["model"])
     if model.num_classes != dataset.num_classes or tuple(model.input_shape) != dataset.image_shape:
@@ -532,7 +566,7 @@ def _setup(args, place: RunDirectory) -> _Job:
         steps_per_epoch=steps_per_epoch, tx=compiled_optimizer(recipe, steps_per_epoch), ckpts=RunCheckpoints(run_dir),
         train_step=train_step, eval_step=eval_step, bn_statistics_step=bn_statistics_step,
         calibration_images=dataset.train.images[calibration],
-        near_copies=near_copy_mask(dataset.test.images, dataset.train.images),
+        near_copies=near_copy_mask(dataset.test.images, dataset.train.images), start=start,
     )
 
 
@@ -545,7 +579,8 @@ def _start(job: _Job) -> _Progress:
     if not job.args.resume or not job.ckpts.steps():
         if job.args.resume:
             print(f"{job.run_dir} has no checkpoint yet: starting it from the beginning")
-        state = dp.replicate(create_state(_initial_variables(job.model, job.cfg), job.tx, job.seed, bool(recipe.ema_decay)))
+        variables = _initial_variables(job.model, job.cfg, job.start)
+        state = dp.replicate(create_state(variables, job.tx, job.seed, bool(recipe.ema_decay)))
         if dp.is_primary:
             metrics_path.unlink(missing_ok=True)
         return _Progress(state)
@@ -608,12 +643,34 @@ def _evaluate_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: fl
               "train_accuracy": sums["correct"] / sums["seen"]}
     if dataset.validation is not None:
         record["val_loss"], record["val_accuracy"], _ = evaluate(job.eval_step, variables, dataset.validation, eval_batch_size, dp)
-    record["test_loss"], record["test_accuracy"], probs = evaluate(job.eval_step, variables, dataset.test, eval_batch_size, dp)
-    correct, clean = probs.argmax(1) == dataset.test.labels, ~job.near_copies
-    record["test_accuracy_no_near_copies"] = float(correct[clean].mean()) if clean.any() else None
+    if job.recipe.test_each_epoch:
+        record.update(_test_record(job, variables))
     record["seconds"] = time.perf_counter() - t0
     record["train_images_per_s"] = sums["seen"] / train_seconds
     return record, variables
+
+
+def _test_record(job: _Job, variables) -> Dict[str, Any]:
+    """Test loss and accuracy, and the accuracy on the test images without a near-copy in train."""
+    from .loops import evaluate
+
+    dataset = job.dataset
+    loss, accuracy, probs = evaluate(job.eval_step, variables, dataset.test, job.cfg["eval_batch_size"], job.dp)
+    correct, clean = probs.argmax(1) == dataset.test.labels, ~job.near_copies
+    return {"test_loss": loss, "test_accuracy": accuracy,
+            "test_accuracy_no_near_copies": float(correct[clean].mean()) if clean.any() else None}
+
+
+def _score(job: _Job, record: Dict[str, Any]) -> Optional[float]:
+    """What the kept checkpoint is chosen by: validation accuracy, else test accuracy, else nothing (the newest).
+
+    A fine-tuning run breaks accuracy ties (a few held-out photos tie often, the starting weights included) by
+    the lower validation loss.
+    """
+    if "val_accuracy" in record:
+        tie_break = min(record["val_loss"], 1e3) * 1e-9 if job.cfg.get("init_from") else 0.0
+        return record["val_accuracy"] - tie_break
+    return record.get("test_accuracy")
 
 
 def _end_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float) -> None:
@@ -624,21 +681,22 @@ def _end_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float) 
     progress.history.append(record)
     if job.dp.is_primary:
         _append_jsonl(job.metrics_path, record)
-    score = record.get("val_accuracy", record["test_accuracy"])
+    score = _score(job, record)
     progress.epoch, progress.start, progress.sums = progress.epoch + 1, 0, _no_sums()
     state = progress.state
     job.ckpts.save(int(state.step), state, job.meta(progress.epoch, 0, progress.sums), score=score, variables=variables)
     val = f"  val {record['val_loss']:.4f}/{record['val_accuracy']:.3f}" if "val_loss" in record else ""
+    test = (f"  test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}"
+            f" (no near-copies {record['test_accuracy_no_near_copies']:.3f})" if "test_loss" in record else "")
     job.say(f"epoch {record['epoch']:3d}/{job.recipe.epochs}  train {record['train_loss']:.4f}/{record['train_accuracy']:.3f}{val}"
-            f"  test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}"
-            f" (no near-copies {record['test_accuracy_no_near_copies']:.3f})  {record['seconds']:.1f}s", flush=True)
+            f"{test}  {record['seconds']:.1f}s", flush=True)
     if job.dp.is_primary:
         plot_curves(progress.history, job.run_dir / "curves.png")
 
 
-def _write_results(job: _Job, history) -> None:
-    """Result.csv: one row with the run's settings and its last epoch's results."""
-    recipe, final = job.recipe, history[-1] if history else {}
+def _write_results(job: _Job, history, final=None) -> None:
+    """Result.csv: one row with the run's settings and `final` results (default: its last epoch's)."""
+    recipe, final = job.recipe, final or (history[-1] if history else {})
     _write_result_csv(job.run_dir / "Result.csv", {
         "run": job.run_dir.name, "recipe": job.cfg["recipe_name"], "epochs": recipe.epochs, "batch_size": recipe.batch_size,
         "lr": recipe.lr, "seed": job.seed, "test_loss": final.get("test_loss"), "test_accuracy": final.get("test_accuracy"),
@@ -653,6 +711,7 @@ def run(args) -> int:
 
     A start that fails (or is interrupted) before the first checkpoint removes the run directory it made.
     """
+    choose_recipe(args)
     validate_args(args)
     place = RunDirectory(args)
     try:
@@ -675,15 +734,19 @@ def _train(args, place: RunDirectory) -> int:
             f"({int(job.near_copies.sum())} test images have a near-copy in train), {job.model.num_classes} classes, "
             f"recipe {job.cfg['recipe_name']}: {recipe.epochs} epochs x {job.steps_per_epoch} steps of {recipe.batch_size}"
             f" on {dp.num_devices} device(s) in {dp.process_count} process(es)")
+    if job.cfg.get("init_from") and not job.ckpts.steps():
+        _score_start(job, progress)
     with StopRequest() as stop:
         while progress.epoch < recipe.epochs:
             t0 = time.perf_counter()
             if not _train_epoch(job, progress, stop, t0):
                 return 0
             _end_epoch(job, progress, t0, train_seconds=time.perf_counter() - t0)
+    kept_step = job.ckpts.manager.best_step()
     job.ckpts.close()
+    final = _finish_finetuning(job, progress.history, kept_step) if job.cfg.get("init_from") else None
     if dp.is_primary:
-        _write_results(job, progress.history)
+        _write_results(job, progress.history, final)
         _calibrate(job)
     return 0
 
@@ -694,6 +757,52 @@ def _calibrate(job: _Job) -> None:
 
     record = fit_run(job.run_dir, job.cfg["eval_batch_size"])
     print(f"calibration: {describe(record)}" if record else f"calibration: {NO_VALIDATION.format(run=job.run_dir)}")
+
+
+def _score_start(job: _Job, progress: _Progress) -> None:
+    """Score the starting weights on the held-out images and save them as step 0: a candidate to keep that
+    fine-tuning has to beat."""
+    from .loops import evaluate
+
+    if job.dataset.validation is None:
+        job.say("no image held out (--val-fraction 0, or no class has two): the fine-tuned weights are kept "
+                "without a check against the starting ones")
+        return
+    t0 = time.perf_counter()
+    variables = progress.state.eval_variables()
+    record = {"epoch": 0, "step": 0}
+    record["val_loss"], record["val_accuracy"], _ = evaluate(job.eval_step, variables, job.dataset.validation,
+                                                             job.cfg["eval_batch_size"], job.dp)
+    record["seconds"] = time.perf_counter() - t0
+    progress.history.append(record)
+    if job.dp.is_primary:
+        _append_jsonl(job.metrics_path, record)
+    job.ckpts.save(0, progress.state, job.meta(0, 0, _no_sums()), score=_score(job, record), variables=variables)
+    job.say(f"starting weights: val {record['val_loss']:.4f}/{record['val_accuracy']:.3f} "
+            f"on {len(job.dataset.validation.labels)} held-out images", flush=True)
+
+
+def _finish_finetuning(job: _Job, history, kept_step) -> Optional[Dict[str, Any]]:
+    """Say which weights the run keeps (the starting ones when no epoch beat them on the held-out images); with a
+    recipe that does not test every epoch, the test results of those weights."""
+    from .checkpoints import restore_variables
+
+    start = next((h for h in history if h["epoch"] == 0), None)
+    if start is not None and kept_step == 0:
+        best = max((h for h in history if h["epoch"] > 0), key=lambda h: (h["val_accuracy"], -h["val_loss"]),
+                   default=None)
+        than = f" (best epoch {best['val_accuracy']:.3f})" if best else ""
+        job.say(f"fine-tuning did not beat the starting weights on the {len(job.dataset.validation.labels)} held-out "
+                f"images (accuracy {start['val_accuracy']:.3f}{than}): the run keeps the starting weights")
+    kept = next((h for h in history if h["step"] == kept_step), None)
+    if kept is not None and "test_accuracy" in kept:
+        return kept
+    _, variables, step = restore_variables(job.run_dir)
+    record = _test_record(job, job.dp.replicate(variables))
+    epoch = next((h["epoch"] for h in history if h["step"] == step), None)
+    job.say(f"kept weights (step {step}{'' if epoch is None else f', epoch {epoch}'}): "
+            f"test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}", flush=True)
+    return {**(kept or (history[-1] if history else {})), **record}
 
 
 def main(argv=None) -> int:

@@ -18,8 +18,9 @@ class Weights(NamedTuple):
     temperature: float = 1.0
 
 
-def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR)) -> Weights:
-    """`--weights`: a Keras .h5, a run directory (its best checkpoint), or a work directory (its newest run)."""
+def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR), flag: str = "--weights") -> Weights:
+    """`--weights` (and train's `--init-from`, named by `flag` in errors): a Keras .h5, a run directory (its best
+    checkpoint), or a work directory (its newest run)."""
     from .checkpoints import CONFIG_FILE, has_checkpoint, read_config, restore_variables
 
     if spec is None:
@@ -27,16 +28,17 @@ def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR)
     else:
         path = Path(spec)
         if not path.exists():
-            raise UserError(f"{path}: no such file or directory (--weights takes a run directory or a Keras .h5)")
+            raise UserError(f"{path}: no such file or directory ({flag} takes a run directory, a work directory "
+                            "or a Keras .h5)")
         if path.is_file():
             from .keras_h5 import load_keras_h5
 
             model, variables = load_keras_h5(path)
             return Weights(model, variables, default_class_names(model.num_classes), str(path))
-        run = path if (path / CONFIG_FILE).exists() else _newest_complete_run(path)
+        run = path if (path / CONFIG_FILE).exists() else _newest_complete_run(path, flag)
     if not has_checkpoint(run):
         raise UserError(f"{run}: run has no checkpoint yet (let `python -m signs_jax.train` finish an epoch, "
-                        "or pass --weights)")
+                        f"or pass another {flag})")
     _check_fit(run)
     model, variables, step = restore_variables(run)
     names = read_config(run)["model"].get("class_names") or default_class_names(model.num_classes)
@@ -59,7 +61,7 @@ def stored_temperature(run: Path, step: int) -> float:
     return float(record["temperature"])
 
 
-def _newest_complete_run(workdir: Path) -> Path:
+def _newest_complete_run(workdir: Path, flag: str = "--weights") -> Path:
     """The newest run with a checkpoint; the error names runs that have none yet (still starting, or a failed start)."""
     from .checkpoints import newest_run, runs_in
 
@@ -70,8 +72,8 @@ def _newest_complete_run(workdir: Path) -> Path:
     if incomplete:
         names = ", ".join(incomplete[:3]) + (f" and {len(incomplete) - 3} more" if len(incomplete) > 3 else "")
         raise UserError(f"no trained model found in {workdir}: {names} has no checkpoint yet (let `python -m "
-                        "signs_jax.train` finish an epoch, or pass --weights)")
-    raise UserError(NO_WEIGHTS.format(where=workdir))
+                        f"signs_jax.train` finish an epoch, or pass {flag})")
+    raise UserError(NO_WEIGHTS.format(where=workdir).replace("--weights", flag))
 
 
 def _check_fit(run: Path) -> None:

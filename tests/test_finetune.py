@@ -1,0 +1,106 @@
+"""Fine-tuning (`train --init-from`): the recipe it picks, where the model's shape comes from, and the guard that
+keeps the starting weights when fine-tuning makes the held-out photos worse.
+
+A tiny model is trained for a few epochs on generated pictures (a dark and a bright class) and fine-tuned from.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import assert_bitwise_equal, run_train
+
+TINY_ARCH = ["--width", "0.0625", "--stage-sizes", "1,1,1,1"]
+QUIET = ["--no-progress", "--eval-batch-size", "8"]
+START_SIDE = 48
+
+
+def _pictures(root: Path, labels_by_class, per_class: int, side: int, seed: int) -> None:
+    """`root/<label>/`: noisy pictures, dark ones (kind 0) and bright ones (kind 1), under the labels given."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for kind, label in enumerate(labels_by_class):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = 50 if kind == 0 else 200
+            pixels = np.clip(base + rng.normal(0, 25, (side, side, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{kind}_{seed}_{i}.png")
+
+
+@pytest.fixture(scope="module")
+def start_workdir(tmp_path_factory):
+    """A work directory holding one tiny run trained on 48x48 pictures: the weights to fine-tune from."""
+    root = tmp_path_factory.mktemp("start")
+    _pictures(root / "data" / "train", ("dark", "bright"), 16, START_SIDE, seed=0)
+    _pictures(root / "data" / "test", ("dark", "bright"), 4, START_SIDE, seed=1)
+    code = run_train("--data-dir", root / "data", "--workdir", root / "runs", "--run", "start", "--epochs", 2,
+                     "--batch-size", 8, *TINY_ARCH, *QUIET)
+    assert code == 0
+    return root / "runs"
+
+
+def test_init_from_a_work_directory_picks_the_finetune_recipe_and_the_starting_models_shape(start_workdir, tmp_path,
+                                                                                         capsys):
+    photos = tmp_path / "photos"
+    _pictures(photos / "train", ("dark", "bright"), 5, 72, seed=2)  # the photos' own size is not the model's
+    _pictures(photos / "test", ("dark", "bright"), 2, 72, seed=3)
+    code = run_train("--init-from", start_workdir, "--data-dir", photos, "--workdir", tmp_path / "w", "--run", "ft",
+                     "--epochs", 1, *QUIET)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    config = json.loads((tmp_path / "w" / "ft" / "config.json").read_text())
+    assert config["recipe_name"] == "finetune"
+    assert config["init_from"] == str(start_workdir / "start")
+    assert config["model"]["input_shape"] == [START_SIDE, START_SIDE, 3]
+    assert config["model"]["width"] == 0.0625 and config["model"]["stage_sizes"] == [1, 1, 1, 1]
+    assert "starting weights: val" in out and "on 2 held-out images" in out  # one photo of each class of 5
+
+
+def test_image_size_overrides_the_starting_models_size(start_workdir, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    _pictures(photos / "train", ("dark", "bright"), 4, 72, seed=2)
+    _pictures(photos / "test", ("dark", "bright"), 2, 72, seed=3)
+    code = run_train("--init-from", start_workdir / "start", "--data-dir", photos, "--workdir", tmp_path / "w", "--run",
+                     "ft", "--epochs", 1, "--image-size", 40, 40, *QUIET)
+    assert code == 0, capsys.readouterr().out
+    config = json.loads((tmp_path / "w" / "ft" / "config.json").read_text())
+    assert config["model"]["input_shape"] == [40, 40, 3]
+
+
+def test_finetuning_that_makes_the_held_out_photos_worse_keeps_the_starting_weights(start_workdir, tmp_path, capsys):
+    """The training photos carry each other's labels, the held-out ones (a val/ folder) the true ones: every step
+    of fine-tuning moves away from the held-out labels, so the run must keep the weights it started from."""
+    from signs_jax.checkpoints import restore_variables
+
+    photos = tmp_path / "photos"
+    _pictures(photos / "train", ("bright", "dark"), 8, START_SIDE, seed=0)  # swapped
+    _pictures(photos / "val", ("dark", "bright"), 8, START_SIDE, seed=0)  # the same pictures, true labels
+    _pictures(photos / "test", ("dark", "bright"), 2, START_SIDE, seed=1)
+    code = run_train("--init-from", start_workdir / "start", "--data-dir", photos, "--workdir", tmp_path / "w",
+                     "--run", "ft", "--epochs", 3, "--lr", "1e-2", "--batch-size", 8, *QUIET)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "did not beat the starting weights on the 16 held-out images" in out
+    assert "the run keeps the starting weights" in out
+    _, kept, step = restore_variables(tmp_path / "w" / "ft")
+    _, started, _ = restore_variables(start_workdir / "start")
+    assert step == 0
+    assert_bitwise_equal(kept, started)
+    records = [json.loads(line) for line in (tmp_path / "w" / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert max(r["val_loss"] for r in records[1:]) > records[0]["val_loss"]  # fine-tuning really did worse
+
+
+def test_hold_out_at_least_one_image_of_every_class_that_has_two():
+    from signs_jax.data import Dataset, Split, hold_out_validation
+
+    labels = np.array([0] * 1 + [1] * 2 + [2] * 5, np.int32)
+    images = np.arange(len(labels), dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    dataset = Dataset(Split(images, labels), Split(images, labels), ("a", "b", "c"), "generated")
+    held = hold_out_validation(dataset, 0.2, seed=0, at_least_one=True)
+    assert np.bincount(held.validation.labels, minlength=3).tolist() == [0, 1, 1]
+    assert np.bincount(held.train.labels, minlength=3).tolist() == [1, 1, 4]
+    assert hold_out_validation(dataset._replace(train=Split(images[:1], labels[:1])), 0.2, 0, True).validation is None
