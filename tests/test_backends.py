@@ -59,8 +59,9 @@ def test_a_restored_run_gets_the_conv_its_config_records_else_the_backends(backe
 @pytest.mark.parametrize("argv, recorded", [([], None), (["--conv", "matmul"], "matmul"), (["--conv", "xla"], "xla")])
 def test_a_new_run_records_the_conv_only_when_the_user_chose_one(argv, recorded):
     args = train.build_parser().parse_args(argv)
+    train.choose_recipe(args)
     dataset = types.SimpleNamespace(num_classes=6, class_names=list("012345"), image_shape=(64, 64, 3))
-    assert train._new_config(args, dataset)["model"]["conv"] == recorded
+    assert train._new_config(args, dataset, None, None)["model"]["conv"] == recorded
 
 
 @pytest.fixture(scope="module")

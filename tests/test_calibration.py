@@ -177,6 +177,7 @@ def calibrated_run(small_signs, tmp_path_factory):
     return workdir / "tiny"
 
 
+@pytest.mark.slow
 def test_training_with_a_validation_split_stores_a_temperature_for_its_best_checkpoint(calibrated_run):
     from signs_jax.weights import load_weights
 
@@ -187,6 +188,7 @@ def test_training_with_a_validation_split_stores_a_temperature_for_its_best_chec
     assert weights.source.endswith(f"(step {record['step']})") and weights.temperature == record["temperature"]
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_use_the_stored_temperature(calibrated_run, photos, small_signs, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(calibrated_run, run)
@@ -215,6 +217,7 @@ def test_predict_and_evaluate_use_the_stored_temperature(calibrated_run, photos,
     assert "expected calibration error (15 bins)" in text and "temperature 3" in text
 
 
+@pytest.mark.slow
 def test_calibrate_a_run_without_validation_is_one_line(calibrated_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(calibrated_run, run)

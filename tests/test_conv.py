@@ -70,6 +70,7 @@ def test_random_shapes_equal_lax_conv(name, kernel, stride, padding, size, c_in,
     assert_same_as_lax_conv(CONV_IMPLEMENTATIONS[name], kernel, stride, padding, size, c_in, c_out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel, stride, padding, size", CASES + [(3, 1, "SAME", 2), (3, 1, "SAME", 4)])
 def test_inference_conv_that_skips_padding_equals_lax_conv(monkeypatch, kernel, stride, padding, size):
     monkeypatch.setattr(conv_module, "SKIP_PADDING_MIN_FRACTION", 0.0)  # take that path wherever there is padding

@@ -122,6 +122,7 @@ def test_user_directories_are_not_checksummed(tmp_path):
     assert data.load_dataset(copy).train.images[0, 0, 0, 0] != data.load_signs().train.images[0, 0, 0, 0]
 
 
+@pytest.mark.slow
 def test_the_tools_report_a_damaged_packaged_file(nowhere, tmp_path, monkeypatch, capsys):
     copy = copy_pair(PACKAGED, tmp_path / "dataset")
     flip_a_byte(copy / "train_signs.h5")
@@ -209,6 +210,7 @@ def evaluate_json(capsys, *args):
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_train_uses_and_records_the_packaged_copy(packaged_run):
     run, _, output = packaged_run
     assert f"{data.PACKAGED_SOURCE} (h5), 160 train / 40 test images" in output
@@ -216,6 +218,7 @@ def test_train_uses_and_records_the_packaged_copy(packaged_run):
     assert config["data_dir"] is None and config["data"] == data.PACKAGED_SOURCE
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_on_the_data_it_was_trained_on(packaged_run, nowhere, monkeypatch, capsys):
     run, stand_in, _ = packaged_run
     stand_in_package(monkeypatch, stand_in)
@@ -226,6 +229,7 @@ def test_evaluate_a_run_on_the_data_it_was_trained_on(packaged_run, nowhere, mon
     assert evaluate_json(capsys, "--weights", run, "--data-dir", PACKAGED)["examples"] == 120  # asked for
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_that_recorded_a_directory(packaged_run, small_signs, nowhere, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     shutil.copytree(packaged_run[0], run)

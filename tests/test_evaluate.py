@@ -67,6 +67,7 @@ def test_evaluate_on_image_folders_counts_near_copies(jpeg_folders, tmp_path, ca
     assert (tmp_path / "confusion.png").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_a_run_written_by_train(trained_workdir, small_signs, test_image, capsys):
     run = trained_workdir / "tiny"
     # the work directory: its newest run, its best checkpoint; the picture goes into the run directory
@@ -92,6 +93,7 @@ def test_image(data_dir, tmp_path):
     return tmp_path / "hand.png"
 
 
+@pytest.mark.slow
 def test_evaluate_errors_are_one_line(tmp_path, small_signs, capsys):
     assert evaluate.main(["--weights", KERAS_MODEL, "--data-dir", str(tmp_path / "none")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
@@ -116,6 +118,7 @@ def test_evaluate_help_does_not_import_jax():
     assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_fit_its_config_is_one_line(trained_workdir, test_image, tmp_path, capsys):
     import shutil
 
@@ -129,6 +132,7 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_one_line(trained_workdir, 
     assert len(err) == 1 and "does not fit the model config.json describes" in err[0], err
 
 
+@pytest.mark.slow
 def test_a_checkpoint_with_nan_weights_is_refused(trained_workdir, test_image, tmp_path, capsys):
     """NaN weights answer one class for every image with exit 0 (and evaluate reports chance accuracy)."""
     import shutil

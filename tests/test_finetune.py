@@ -42,6 +42,7 @@ def start_workdir(tmp_path_factory):
     return root / "runs"
 
 
+@pytest.mark.slow
 def test_init_from_a_work_directory_picks_the_finetune_recipe_and_the_starting_models_shape(start_workdir, tmp_path,
                                                                                          capsys):
     photos = tmp_path / "photos"
@@ -59,6 +60,7 @@ def test_init_from_a_work_directory_picks_the_finetune_recipe_and_the_starting_m
     assert "starting weights: val" in out and "on 2 held-out images" in out  # one photo of each class of 5
 
 
+@pytest.mark.slow
 def test_image_size_overrides_the_starting_models_size(start_workdir, tmp_path, capsys):
     photos = tmp_path / "photos"
     _pictures(photos / "train", ("dark", "bright"), 4, 72, seed=2)
@@ -70,6 +72,7 @@ def test_image_size_overrides_the_starting_models_size(start_workdir, tmp_path, 
     assert config["model"]["input_shape"] == [40, 40, 3]
 
 
+@pytest.mark.slow
 def test_finetuning_that_makes_the_held_out_photos_worse_keeps_the_starting_weights(start_workdir, tmp_path, capsys):
     """The training photos carry each other's labels, the held-out ones (a val/ folder) the true ones: every step
     of fine-tuning moves away from the held-out labels, so the run must keep the weights it started from."""

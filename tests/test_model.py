@@ -77,6 +77,7 @@ def test_init_gives_keras_initial_values():
     assert np.abs(kernel).max() <= limit and np.abs(kernel).max() > 0.9 * limit
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters_and_statistics(keras_loaded, keras_images, keras_expected):
     model, variables = keras_loaded
     bf16 = model.clone(dtype=jnp.bfloat16)

@@ -100,6 +100,7 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_predicted(test_pngs, 
     assert "Traceback" not in captured.err
 
 
+@pytest.mark.slow
 def test_no_checkpoint_says_what_to_do(tmp_path, test_pngs, capsys):
     assert predict.main([str(test_pngs[0]), "--workdir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

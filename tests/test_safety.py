@@ -189,6 +189,7 @@ BAD_TRAIN_FLAGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags, named", BAD_TRAIN_FLAGS.values(), ids=BAD_TRAIN_FLAGS)
 def test_bad_train_flags_are_one_line_before_anything_is_written(flags, named, small_signs, tmp_path, capsys):
     workdir = tmp_path / "w"
@@ -199,6 +200,7 @@ def test_bad_train_flags_are_one_line_before_anything_is_written(flags, named, s
 
 @pytest.mark.parametrize("flags, named", [(["--batch-size", "1000"], "--batch-size"),
                                           (["--val-fraction", "0.99"], "--val-fraction")], ids=["batch", "val"])
+@pytest.mark.slow
 def test_flags_that_do_not_fit_the_data_leave_no_run(flags, named, small_signs, tmp_path, capsys):
     workdir = tmp_path / "w"
     assert run_train("--data-dir", small_signs, "--workdir", workdir, "--run", "r", *TINY, *flags) == 2
@@ -327,6 +329,7 @@ def test_default_run_names_started_in_the_same_second_differ(tmp_path, monkeypat
             place.release()
 
 
+@pytest.mark.slow
 def test_a_locked_run_cannot_be_trained_twice(tmp_path, small_signs, capsys):
     run = fake_run(tmp_path, "busy")
     lock = RunLock(run).acquire()
@@ -339,6 +342,7 @@ def test_a_locked_run_cannot_be_trained_twice(tmp_path, small_signs, capsys):
     assert run.is_dir()
 
 
+@pytest.mark.slow
 def test_a_foreign_folder_is_not_taken_as_a_run(tmp_path, small_signs, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")
@@ -347,6 +351,7 @@ def test_a_foreign_folder_is_not_taken_as_a_run(tmp_path, small_signs, capsys):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
+@pytest.mark.slow
 def test_a_failed_start_removes_only_what_it_made(small_signs, tmp_path, capsys):
     other = fake_run(tmp_path, "other", steps=[3])
     bad = tmp_path / "bad.h5"
@@ -357,6 +362,7 @@ def test_a_failed_start_removes_only_what_it_made(small_signs, tmp_path, capsys)
     assert (other / "ckpt" / "3").is_dir()
 
 
+@pytest.mark.slow
 def test_nan_loss_before_any_checkpoint_says_so_and_leaves_no_run(small_signs, tmp_path, capsys):
     code = run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "nan", "--epochs", 1, "--lr", "1e30",
                      *TINY)
@@ -377,11 +383,13 @@ def snapshot(run_dir: Path):
     return {p.relative_to(run_dir): (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_result_files_have_normal_permissions(finished_run):
     for name in ("config.json", "Result.csv", "curves.png", "metrics.jsonl"):
         assert (finished_run / name).stat().st_mode & 0o777 == normal_mode(), name
 
 
+@pytest.mark.slow
 def test_resume_with_fewer_epochs_or_another_data_dir_is_one_line_and_rewrites_nothing(finished_run, tmp_path, capsys):
     before = snapshot(finished_run)
     workdir = finished_run.parent
@@ -396,6 +404,7 @@ def test_resume_with_fewer_epochs_or_another_data_dir_is_one_line_and_rewrites_n
     assert after == before
 
 
+@pytest.mark.slow
 def test_a_run_on_the_packaged_data_resumes_only_on_it(finished_run, small_signs, tmp_path, capsys):
     run = tmp_path / "packaged"
     shutil.copytree(finished_run, run)
@@ -406,6 +415,7 @@ def test_a_run_on_the_packaged_data_resumes_only_on_it(finished_run, small_signs
     assert "packaged SIGNS" in one_error_line(capsys)
 
 
+@pytest.mark.slow
 def test_resume_skips_a_metrics_line_cut_by_a_crash(finished_run, tmp_path):
     run = tmp_path / "done"
     shutil.copytree(finished_run, run)
@@ -415,6 +425,7 @@ def test_resume_skips_a_metrics_line_cut_by_a_crash(finished_run, tmp_path):
     assert [r["epoch"] for r in metrics_of(run)] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_its_first_save_is_not_picked_and_can_be_started_again(finished_run, tmp_path, photo, capsys):
     """The state a kill -9 during the first save leaves: config and metrics written, the step still orbax's
     temporary directory."""

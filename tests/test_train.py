@@ -25,6 +25,7 @@ def reference_run(small_signs, tmp_path_factory):
     return workdir / "ref"
 
 
+@pytest.mark.slow
 def test_a_run_writes_metrics_curves_results_and_checkpoints(reference_run):
     records = metrics_of(reference_run)
     assert [r["epoch"] for r in records] == [1, 2, 3]
@@ -36,12 +37,14 @@ def test_a_run_writes_metrics_curves_results_and_checkpoints(reference_run):
     assert config["model"]["stage_sizes"] == [1, 1, 1, 1]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(reference_run, small_signs, tmp_path):
     assert run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "again", "--epochs", 3, *TINY) == 0
     assert metrics_of(tmp_path / "again") == metrics_of(reference_run)
     assert_bitwise_equal(final_params(tmp_path / "again"), final_params(reference_run))
 
 
+@pytest.mark.slow
 def test_another_seed_gives_other_numbers(reference_run, small_signs, tmp_path):
     assert run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "s1", "--epochs", 1, "--seed", 1, *TINY) == 0
     assert metrics_of(tmp_path / "s1")[0]["train_loss"] != metrics_of(reference_run)[0]["train_loss"]
@@ -73,6 +76,7 @@ def test_sigint_saves_and_resume_ends_bit_for_bit_equal(reference_run, small_sig
     assert_bitwise_equal(final_params(tmp_path / "cut"), final_params(reference_run))
 
 
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_an_older_one(reference_run, tmp_path, capsys):
     run_dir = tmp_path / "ref"
     shutil.copytree(reference_run, run_dir)
@@ -87,6 +91,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_an_older_one(reference_run, tmp
     assert [r["epoch"] for r in metrics_of(run_dir)] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(small_signs, tmp_path, capsys):
     code = run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "nan", "--epochs", 1, "--lr", "1e30", *TINY)
     assert code == 2
@@ -135,6 +140,7 @@ def test_workdir_that_cannot_be_created(small_signs, tmp_path, capsys):
     assert "cannot create the work directory" in line
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten(reference_run, capsys):
     line = error_line(capsys, "--workdir", reference_run.parent, "--run", "ref", "--data-dir", "x", *TINY)
     assert "already exists" in line
@@ -153,6 +159,7 @@ def _jpeg_folders(root: Path, data_dir: Path, classes, size):
                 Image.fromarray(x[i]).resize(size).save(folder / f"{i}.jpg")
 
 
+@pytest.mark.slow
 def test_image_folders_with_another_class_count_and_size_train_end_to_end(data_dir, tmp_path, capsys):
     _jpeg_folders(tmp_path / "data", data_dir, classes=(0, 2, 5), size=(80, 72))
     (tmp_path / "data" / "train" / "class_0" / "broken.jpg").write_bytes(b"not a jpeg")
@@ -173,6 +180,7 @@ def test_empty_image_folder(tmp_path, capsys):
     assert "no images" in line
 
 
+@pytest.mark.slow
 def test_init_from_keras_h5_replaces_a_head_of_another_class_count(data_dir, tmp_path, capsys):
     from helpers import KERAS_FILES
 
@@ -184,6 +192,7 @@ def test_init_from_keras_h5_replaces_a_head_of_another_class_count(data_dir, tmp
     assert "the Dense head starts fresh" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_default_recipe_keeps_conv_biases_frozen_and_original_trains_them(reference_run, small_signs, tmp_path):
     """Conv biases feed BatchNorms (zero true gradient): the default freezes them, the original (Keras) does not."""
     params = final_params(reference_run)["params"]
