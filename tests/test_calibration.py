@@ -117,6 +117,7 @@ def test_a_threshold_outside_zero_to_one_is_one_line(photos, capsys):
 # ------------------------------------------------------------------------------------------------- --adapt
 
 
+@pytest.mark.slow
 def test_adapt_replaces_the_batchnorm_statistics_and_nothing_else(keras_loaded, keras_images):
     from signs_jax.adapt import adapt_batch_norm
 

@@ -133,6 +133,7 @@ def test_bfloat16_patches_are_written_once(build):
     assert sizes.count(2 * 9 * 9 * 9 * 16) == 1, hlo[hlo.index("ENTRY"):]
 
 
+@pytest.mark.slow
 def test_the_model_takes_the_inference_conv_paths_in_inference_only():
     model = signs_jax.ResNet50(width=0.125, conv="matmul")
     x = jnp.zeros((1, 64, 64, 3))
