@@ -15,6 +15,7 @@ class Recipe:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     augment: bool = False
+    augment_policy: str = "basic"  # basic | photo: see signs_jax/augment.py
     ema_decay: Optional[float] = None  # evaluate an exponential moving average of the weights
     adam_eps: float = 1e-7  # Keras's Adam epsilon
     bn_momentum: float = 0.99  # Keras's BatchNormalization default
@@ -26,6 +27,9 @@ class Recipe:
     # Evaluate and save with BatchNorm statistics re-estimated on this many un-augmented training
     # images ("precise BN"); 0 keeps the moving averages, as Keras does.
     bn_recalibration_images: int = 0
+    # Re-estimate them on augmented copies of those images (one fixed draw per run) rather than clean ones:
+    # statistics of the training distribution, which a wide augmentation makes wider than SIGNS's.
+    bn_recalibration_augmented: bool = False
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -50,6 +54,20 @@ RECIPES = {
         freeze_conv_bias=True,
         bn_recalibration_images=480,
     ),
+    # The first default: SIGNS-only augmentation, statistics re-estimated on clean images.
+    "default-v1": Recipe(
+        epochs=15,
+        batch_size=32,
+        lr=2e-3,
+        optimizer="adamw",
+        weight_decay=0.05,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        augment=True,
+        freeze_conv_bias=True,
+        bn_recalibration_images=480,
+    ),
     # SGD with Nesterov momentum: the classic ResNet recipe.
     "sgd": Recipe(
         epochs=15,
@@ -65,3 +83,6 @@ RECIPES = {
         bn_recalibration_images=480,
     ),
 }
+# Candidates for a default that generalises beyond SIGNS's own photos: docs/recipes.md.
+RECIPES["photo"] = RECIPES["default-v1"].replace(augment_policy="photo")
+RECIPES["photo-bnaug"] = RECIPES["photo"].replace(bn_recalibration_augmented=True)
