@@ -7,7 +7,7 @@ Two policies:
 - "basic": flip, shift, rotate, zoom, brightness and contrast (the first default recipe's).
 - "photo": makes SIGNS photos look like photos taken elsewhere. The hand is cut out of its plain
   background (`hand_mask`) and put in front of a generated one (grey or tinted, with a gradient, a
-  blotchy texture and the original shadows); then wider geometry (rotations up to 30 degrees, zoom both
+  blotchy texture and the original shadows); then wider geometry (rotations up to 25 degrees, zoom both
   ways, aspect changes), vignetting, white balance, saturation, brightness, contrast and sensor noise.
 """
 from typing import NamedTuple
@@ -34,17 +34,17 @@ class Geometry(NamedTuple):
 
 
 BASIC_GEOMETRY = Geometry(MAX_SHIFT, MAX_ROTATE_DEG, SCALE_RANGE, 0.0)
-PHOTO_GEOMETRY = Geometry(max_shift=0.1, max_rotate_deg=30.0, scale=(0.85, 1.15), max_aspect=0.1)
+PHOTO_GEOMETRY = Geometry(max_shift=0.1, max_rotate_deg=25.0, scale=(0.85, 1.15), max_aspect=0.1)
 
-BACKGROUND_PROBABILITY = 0.8  # the rest keep their own background (SIGNS itself stays in the mix)
-BACKGROUND_LEVEL = (0.35, 0.95)  # grey level of a generated background
+BACKGROUND_PROBABILITY = 0.6  # the rest keep their own background (SIGNS itself stays in the mix)
+BACKGROUND_LEVEL = (0.5, 0.95)  # grey level of a generated background
 BACKGROUND_TINT = 0.05  # per-channel deviation from grey
 BACKGROUND_GRADIENT = 0.25  # largest change of level across the frame
 BACKGROUND_TEXTURE = 0.06  # amplitude of a blotchy low-frequency texture
-VIGNETTE = (0.0, 0.45)  # darkening at the corners
+VIGNETTE = (0.0, 0.3)  # darkening at the corners
 WHITE_BALANCE = 0.12  # per-channel gain in exp([-a, a])
-SATURATION = (0.5, 1.3)
-NOISE = 0.03  # largest standard deviation of Gaussian sensor noise
+SATURATION = (0.6, 1.3)
+NOISE = 0.02  # largest standard deviation of Gaussian sensor noise
 
 
 def _luma(image):

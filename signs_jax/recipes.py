@@ -86,3 +86,4 @@ RECIPES = {
 # Candidates for a default that generalises beyond SIGNS's own photos: docs/recipes.md.
 RECIPES["photo"] = RECIPES["default-v1"].replace(augment_policy="photo")
 RECIPES["photo-bnaug"] = RECIPES["photo"].replace(bn_recalibration_augmented=True)
+RECIPES["photo-long"] = RECIPES["photo"].replace(epochs=20)

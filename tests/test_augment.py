@@ -160,8 +160,8 @@ def test_the_hand_stays_in_the_frame_under_every_policys_geometry(limits, seed):
 
 
 def test_the_photo_geometry_reaches_its_limits():
-    """Rotations to 30 degrees and zooms both ways really happen (else the policy would be basic in disguise)."""
+    """Rotations beyond 20 degrees and zooms both ways really happen (else the policy would be basic in disguise)."""
     keys = jax.random.split(jax.random.key(0), 2000)
     _, angle, zoom, _ = jax.vmap(lambda k: random_geometry(tuple(jax.random.split(k, 5)), PHOTO_GEOMETRY))(keys)
-    assert np.rad2deg(np.abs(np.asarray(angle))).max() > 28
+    assert np.rad2deg(np.abs(np.asarray(angle))).max() > 0.95 * PHOTO_GEOMETRY.max_rotate_deg > 20
     assert float(zoom.min()) < 0.85 and float(zoom.max()) > 1.1
