@@ -165,3 +165,18 @@ def test_the_photo_geometry_reaches_its_limits():
     _, angle, zoom, _ = jax.vmap(lambda k: random_geometry(tuple(jax.random.split(k, 5)), PHOTO_GEOMETRY))(keys)
     assert np.rad2deg(np.abs(np.asarray(angle))).max() > 0.95 * PHOTO_GEOMETRY.max_rotate_deg > 20
     assert float(zoom.min()) < 0.85 and float(zoom.max()) > 1.1
+
+
+def test_statistics_images_are_clean_or_one_seeded_augmented_draw():
+    from signs_jax.recipes import RECIPES
+    from signs_jax.train import _calibration_images
+
+    images = (np.asarray(skin_hand_on_wall()[0])[None].repeat(8, 0) * 255).astype(np.uint8)
+    recipe = RECIPES["photo"]
+    assert _calibration_images(images, recipe, seed=0) is images
+    augmented = recipe.replace(bn_recalibration_augmented=True)
+    a, b = _calibration_images(images, augmented, seed=0), _calibration_images(images, augmented, seed=0)
+    c = _calibration_images(images, augmented, seed=1)
+    assert a.dtype == np.uint8 and a.shape == images.shape
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - images).mean() > 3 and np.abs(a.astype(int) - c).mean() > 3
