@@ -10,6 +10,7 @@ Two policies:
   blotchy texture and the original shadows); then wider geometry (rotations up to 25 degrees, zoom both
   ways, aspect changes), vignetting, white balance, saturation, brightness, contrast and sensor noise.
 """
+import functools
 from typing import NamedTuple
 
 import jax
@@ -21,7 +22,7 @@ SCALE_RANGE = (0.9, 1.1)
 BRIGHTNESS = 0.1
 CONTRAST = (0.8, 1.2)
 
-POLICIES = ("basic", "photo")
+POLICIES = ("basic", "photo", "photo-no-background")
 
 
 class Geometry(NamedTuple):
@@ -176,11 +177,11 @@ def _basic_one(rng, image):
     return jnp.clip(brightness_contrast(k_bright, k_contrast, warped), 0.0, 1.0)
 
 
-def _photo_one(rng, image):
+def _photo_one(rng, image, background_probability=BACKGROUND_PROBABILITY):
     keys = jax.random.split(rng, 13)
     k_use_bg, k_bg, k_vignette, k_balance, k_saturation, k_bright, k_contrast, k_noise = keys[:8]
     replaced = replace_background(k_bg, image, hand_mask(image))
-    x = jnp.where(jax.random.bernoulli(k_use_bg, BACKGROUND_PROBABILITY), replaced, image)
+    x = jnp.where(jax.random.bernoulli(k_use_bg, background_probability), replaced, image)
     x = warp(x, *random_geometry(tuple(keys[8:]), PHOTO_GEOMETRY))
     x = vignette(k_vignette, x)
     x = white_balance(k_balance, x)
@@ -191,5 +192,9 @@ def _photo_one(rng, image):
 
 def augment(rng, images, policy: str = "basic"):
     """A randomly transformed batch of [0, 1] images (N, H, W, C), each image its own transform."""
-    one = {"basic": _basic_one, "photo": _photo_one}[policy]
+    one = {
+        "basic": _basic_one,
+        "photo": _photo_one,
+        "photo-no-background": functools.partial(_photo_one, background_probability=0.0),  # an ablation
+    }[policy]
     return jax.vmap(one)(jax.random.split(rng, images.shape[0]), images)
