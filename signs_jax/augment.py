@@ -22,7 +22,7 @@ SCALE_RANGE = (0.9, 1.1)
 BRIGHTNESS = 0.1
 CONTRAST = (0.8, 1.2)
 
-POLICIES = ("basic", "photo", "photo-no-background")
+POLICIES = ("basic", "basic-walls", "photo", "photo-no-background")
 
 
 class Geometry(NamedTuple):
@@ -177,6 +177,14 @@ def _basic_one(rng, image):
     return jnp.clip(brightness_contrast(k_bright, k_contrast, warped), 0.0, 1.0)
 
 
+def _basic_walls_one(rng, image):
+    """The basic policy on images whose wall was first replaced (as in the photo policy)."""
+    k_use_bg, k_bg, k_basic = jax.random.split(rng, 3)
+    replaced = replace_background(k_bg, image, hand_mask(image))
+    x = jnp.where(jax.random.bernoulli(k_use_bg, BACKGROUND_PROBABILITY), replaced, image)
+    return _basic_one(k_basic, x)
+
+
 def _photo_one(rng, image, background_probability=BACKGROUND_PROBABILITY):
     keys = jax.random.split(rng, 13)
     k_use_bg, k_bg, k_vignette, k_balance, k_saturation, k_bright, k_contrast, k_noise = keys[:8]
@@ -194,6 +202,7 @@ def augment(rng, images, policy: str = "basic"):
     """A randomly transformed batch of [0, 1] images (N, H, W, C), each image its own transform."""
     one = {
         "basic": _basic_one,
+        "basic-walls": _basic_walls_one,
         "photo": _photo_one,
         "photo-no-background": functools.partial(_photo_one, background_probability=0.0),  # an ablation
     }[policy]

@@ -87,4 +87,5 @@ RECIPES = {
 RECIPES["photo"] = RECIPES["default-v1"].replace(augment_policy="photo")
 RECIPES["photo-bnaug"] = RECIPES["photo"].replace(bn_recalibration_augmented=True)
 RECIPES["photo-long"] = RECIPES["photo"].replace(epochs=20)
+RECIPES["walls"] = RECIPES["default-v1"].replace(augment_policy="basic-walls")
 RECIPES["photo-no-background"] = RECIPES["photo"].replace(augment_policy="photo-no-background")
