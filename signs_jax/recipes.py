@@ -15,6 +15,7 @@ class Recipe:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     augment: bool = False
+    augment_policy: str = "basic"  # basic | photo: see signs_jax/augment.py
     ema_decay: Optional[float] = None  # evaluate an exponential moving average of the weights
     adam_eps: float = 1e-7  # Keras's Adam epsilon
     bn_momentum: float = 0.99  # Keras's BatchNormalization default
@@ -35,6 +36,9 @@ class Recipe:
     val_fraction: float = 0.0
     # Evaluate the test set after every epoch; False: once, on the weights the run keeps.
     test_each_epoch: bool = True
+    # Re-estimate them on augmented copies of those images (one fixed draw per run) rather than clean ones:
+    # statistics of the training distribution, which a wide augmentation makes wider than SIGNS's.
+    bn_recalibration_augmented: bool = False
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -59,6 +63,20 @@ RECIPES = {
         label_smoothing=0.1,
         augment=True,
         ema_decay=None,
+        freeze_conv_bias=True,
+        bn_recalibration_images=480,
+    ),
+    # The first default: SIGNS-only augmentation, statistics re-estimated on clean images.
+    "default-v1": Recipe(
+        epochs=15,
+        batch_size=32,
+        lr=2e-3,
+        optimizer="adamw",
+        weight_decay=0.05,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        augment=True,
         freeze_conv_bias=True,
         bn_recalibration_images=480,
     ),
@@ -94,3 +112,9 @@ RECIPES = {
         test_each_epoch=False,
     ),
 }
+# Candidates for a default that generalises beyond SIGNS's own photos: docs/recipes.md.
+RECIPES["photo"] = RECIPES["default-v1"].replace(augment_policy="photo")
+RECIPES["photo-bnaug"] = RECIPES["photo"].replace(bn_recalibration_augmented=True)
+RECIPES["photo-long"] = RECIPES["photo"].replace(epochs=20)
+RECIPES["walls"] = RECIPES["default-v1"].replace(augment_policy="basic-walls")
+RECIPES["photo-no-background"] = RECIPES["photo"].replace(augment_policy="photo-no-background")

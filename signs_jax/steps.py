@@ -108,7 +108,7 @@ def make_train_step(model, tx: optax.GradientTransformation, recipe: Recipe, dp=
         rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         x = images.astype(jnp.float32) / 255.0
         if recipe.augment:
-            x = augment(rng, x)
+            x = augment(rng, x, recipe.augment_policy)
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}

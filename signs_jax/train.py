@@ -565,9 +565,23 @@ def _setup(args, place: RunDirectory) -> _Job:
         args=args, run_dir=run_dir, cfg=cfg, dataset=dataset, recipe=recipe, model=model, dp=dp,
         steps_per_epoch=steps_per_epoch, tx=compiled_optimizer(recipe, steps_per_epoch), ckpts=RunCheckpoints(run_dir),
         train_step=train_step, eval_step=eval_step, bn_statistics_step=bn_statistics_step,
-        calibration_images=dataset.train.images[calibration],
+        calibration_images=_calibration_images(dataset.train.images[calibration], recipe, seed),
         near_copies=near_copy_mask(dataset.test.images, dataset.train.images), start=start,
     )
+
+
+def _calibration_images(images: "np.ndarray", recipe: Recipe, seed: int) -> "np.ndarray":
+    """The images BatchNorm statistics are re-estimated on: as they are, or one seeded augmented draw of them."""
+    if not recipe.bn_recalibration_augmented or not len(images):
+        return images
+    import jax
+    import numpy as np
+
+    from .augment import augment
+
+    key = jax.random.fold_in(jax.random.key(seed), 7)
+    augmented = augment(key, jax.numpy.asarray(images, jax.numpy.float32) / 255.0, recipe.augment_policy)
+    return np.asarray(jax.numpy.round(augmented * 255.0)).astype(np.uint8)
 
 
 def _start(job: _Job) -> _Progress:
