@@ -13,6 +13,7 @@ the SIGNS test set (the run's own data) and on --photos, and the share of non-ha
 draws accuracy of the kept answers against the share kept on both hand sets. Images are read exactly as
 `python -m signs_jax.predict` reads them (photo folders) or as evaluate does (the SIGNS test split).
 """
+
 import argparse
 import json
 import sys
@@ -23,9 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from foreign_photos import labelled_photos  # noqa: E402
 
+from signs_jax.adapt import adapt_batch_norm  # noqa: E402
 from signs_jax.calibration import DEFAULT_THRESHOLD, calibration_report, softmax, uncertainty_score  # noqa: E402
 from signs_jax.images import IMAGE_SUFFIXES  # noqa: E402
-from signs_jax.adapt import adapt_batch_norm  # noqa: E402
 from signs_jax.predict import load_images, logits_of, predict_logits  # noqa: E402
 from signs_jax.weights import load_weights  # noqa: E402
 
@@ -35,9 +36,12 @@ SCORES = ("raw_confidence", "confidence", "max_logit", "neg_energy")
 def scores(logits, temperature: float):
     z = np.asarray(logits, np.float64) / temperature
     top = z.max(1)
-    return {"raw_confidence": uncertainty_score(logits), "confidence": softmax(logits, temperature).max(1),
-            "max_logit": np.asarray(logits).max(1),
-            "neg_energy": temperature * (top + np.log(np.exp(z - top[:, None]).sum(1)))}
+    return {
+        "raw_confidence": uncertainty_score(logits),
+        "confidence": softmax(logits, temperature).max(1),
+        "max_logit": np.asarray(logits).max(1),
+        "neg_energy": temperature * (top + np.log(np.exp(z - top[:, None]).sum(1))),
+    }
 
 
 def kept_curve(score, correct):
@@ -72,8 +76,11 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, default=0.9, help="accuracy the kept --photos answers must reach")
     p.add_argument("--png", type=Path, help="accuracy of the kept answers against the share kept")
     p.add_argument("--save-logits", type=Path, help="write every set's logits and labels to this .npz")
-    p.add_argument("--adapt", action="store_true",
-                   help="score --photos as `predict --adapt` on their folder would (BatchNorm re-estimated on them)")
+    p.add_argument(
+        "--adapt",
+        action="store_true",
+        help="score --photos as `predict --adapt` on their folder would (BatchNorm re-estimated on them)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -83,10 +90,12 @@ def main(argv=None) -> int:
 
     weights = load_weights(args.run)
     T = weights.temperature
-    test = load_dataset(recorded_data_dir(read_config(weights.run_dir), weights.run_dir),
-                        tuple(weights.model.input_shape[:2])).test
-    sets = {"signs_test": (logits_of(weights.model, weights.variables, test.images.astype(np.float32) / 255.0),
-                           test.labels)}
+    test = load_dataset(
+        recorded_data_dir(read_config(weights.run_dir), weights.run_dir), tuple(weights.model.input_shape[:2])
+    ).test
+    sets = {
+        "signs_test": (logits_of(weights.model, weights.variables, test.images.astype(np.float32) / 255.0), test.labels)
+    }
     files, labels = labelled_photos(args.photos, weights.class_names)
     if args.adapt:
         _, images = load_images(files, tuple(weights.model.input_shape[:2]))
@@ -97,10 +106,14 @@ def main(argv=None) -> int:
     others = sorted(f for f in args.non_hands.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
     sets["non_hands"] = (logits_of_photos(weights, others), None)
     if args.save_logits:
-        np.savez(args.save_logits, **{f"{k}_logits": v[0] for k, v in sets.items()},
-                 **{f"{k}_labels": v[1] for k, v in sets.items() if v[1] is not None},
-                 non_hand_kinds=np.asarray([f.name.split("_")[0] if f.parent.name == "textures" else f.parent.name
-                                            for f in others]))
+        np.savez(
+            args.save_logits,
+            **{f"{k}_logits": v[0] for k, v in sets.items()},
+            **{f"{k}_labels": v[1] for k, v in sets.items() if v[1] is not None},
+            non_hand_kinds=np.asarray(
+                [f.name.split("_")[0] if f.parent.name == "textures" else f.parent.name for f in others]
+            ),
+        )
     result = {"weights": weights.source, "temperature": T, "target": args.target, "scores": {}}
     correct = {k: sets[k][0].argmax(1) == sets[k][1] for k in ("signs_test", "photos")}
 
@@ -130,15 +143,19 @@ def main(argv=None) -> int:
         return 0
     print(f"{weights.source}, T = {T:.3f}")
     for k, c in result["calibration"].items():
-        print(f"  {k}: ECE {c['ece_before']:.4f} at T = 1, {c['ece_after']:.4f} at T = {T:.3g}; "
-              f"NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}")
+        print(
+            f"  {k}: ECE {c['ece_before']:.4f} at T = 1, {c['ece_after']:.4f} at T = {T:.3g}; "
+            f"NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}"
+        )
 
     def line(label, row):
         kept_accuracy = lambda k: "-" if row[k] is None else f"{row[k]:.3f}"  # noqa: E731
-        print(f"  {label:<38s} threshold {row['threshold']:8.4g}  sign_digits kept {row['photos_kept']:.3f} "
-              f"(right {kept_accuracy('photos_kept_accuracy')}; all {row['photos_accuracy']:.3f})  SIGNS test kept "
-              f"{row['signs_test_kept']:.3f} (right {kept_accuracy('signs_test_kept_accuracy')})  "
-              f"non-hands flagged {row['non_hands_flagged']:.3f}")
+        print(
+            f"  {label:<38s} threshold {row['threshold']:8.4g}  sign_digits kept {row['photos_kept']:.3f} "
+            f"(right {kept_accuracy('photos_kept_accuracy')}; all {row['photos_accuracy']:.3f})  SIGNS test kept "
+            f"{row['signs_test_kept']:.3f} (right {kept_accuracy('signs_test_kept_accuracy')})  "
+            f"non-hands flagged {row['non_hands_flagged']:.3f}"
+        )
 
     for name, rows in result["scores"].items():
         line(f"{name}, kept sign_digits right >= {args.target:.0%}", rows["photos_target"])
@@ -159,17 +176,23 @@ def plot(sets, T, path: Path, result) -> None:
         correct = logits.argmax(1) == labels
         for name in SCORES:
             share, accuracy, thresholds = kept_curve(scores(logits, T)[name], correct)
-            line, = ax.plot(share, accuracy, label=name)
+            (line,) = ax.plot(share, accuracy, label=name)
             if name == "raw_confidence":
                 at = np.searchsorted(-thresholds, -DEFAULT_THRESHOLD, side="right") - 1
                 if at >= 0:
                     ax.plot(share[at], accuracy[at], "o", color=line.get_color())
-        ax.set(title=f"{title}: {len(labels)} photos", xlabel="share of answers kept (not uncertain)",
-               ylabel="accuracy of the kept answers", xlim=(0, 1.01), ylim=(0, 1.01))
+        ax.set(
+            title=f"{title}: {len(labels)} photos",
+            xlabel="share of answers kept (not uncertain)",
+            ylabel="accuracy of the kept answers",
+            xlim=(0, 1.01),
+            ylim=(0, 1.01),
+        )
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left")
-    fig.suptitle(f"dot: predict's default, uncertain below raw confidence {DEFAULT_THRESHOLD} "
-                 f"('confidence': at T = {T:.3g})")
+    fig.suptitle(
+        f"dot: predict's default, uncertain below raw confidence {DEFAULT_THRESHOLD} ('confidence': at T = {T:.3g})"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -7,6 +7,7 @@ For each N (0: all photos), draws N photos at random (--draws times, seeded), re
 layer's statistics on them with `signs_jax.adapt.adapt_batch_norm` (labels unused), and measures accuracy
 on a fixed random --eval photos (all for N = 0), read as predict reads them. Prints mean, min and max per N.
 """
+
 import argparse
 import json
 import sys

@@ -19,6 +19,7 @@ docs/runtime.md) without the compilation cache, which would hide the compile tim
 settings (tf-keras shares the process and them) and XLA's CPU flags. SIGNS_JAX_MALLOC=default
 measures with glibc's defaults, and a flag set in XLA_FLAGS beforehand keeps its value.
 """
+
 import argparse
 import gc
 import json
@@ -90,8 +91,13 @@ def jax_runners(args, out: dict) -> dict:
     variables = signs_jax.init_variables(model, jax.random.key(0))
     x = rng.uniform(size=(args.infer_batch_size, 64, 64, 3)).astype(np.float32)
     infer = jax.jit(lambda v, x: model.apply(v, x))
-    compiled_infer, out["eval_compile_s"], out["eval_compile_cpu_s"] = timed(lambda: infer.lower(variables, x).compile())
-    runners["infer"] = (lambda: compiled_infer(variables, x).block_until_ready(), (args.infer_batch_size, flops_of(compiled_infer)))
+    compiled_infer, out["eval_compile_s"], out["eval_compile_cpu_s"] = timed(
+        lambda: infer.lower(variables, x).compile()
+    )
+    runners["infer"] = (
+        lambda: compiled_infer(variables, x).block_until_ready(),
+        (args.infer_batch_size, flops_of(compiled_infer)),
+    )
 
     n = 2048
     for name, dt in (("peak_float32", jnp.float32), ("peak_bfloat16", jnp.bfloat16)):
@@ -180,18 +186,30 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     measurement = [  # the options that define one measurement: --processes passes them all to each process
-        p.add_argument("--conv", choices=sorted(CONV_IMPLEMENTATIONS),
-                       help="convolution implementation (default: ResNet50's for the backend JAX runs on)"),
-        p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                       help="compute dtype (params stay float32)"),
+        p.add_argument(
+            "--conv",
+            choices=sorted(CONV_IMPLEMENTATIONS),
+            help="convolution implementation (default: ResNet50's for the backend JAX runs on)",
+        ),
+        p.add_argument(
+            "--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay float32)"
+        ),
         p.add_argument("--width", type=float, default=1.0, help="filter-count multiplier (1.0 = the full ResNet50)"),
         p.add_argument("--batch-size", type=int, default=32, help="train batch (default: %(default)s)"),
         p.add_argument("--infer-batch-size", type=int, default=120, help="inference batch (default: %(default)s)"),
-        p.add_argument("--repeats", type=int, default=7, help="timed rounds after warm-up, >= 5 (default: %(default)s)"),
-        p.add_argument("--compare", choices=("keras",), help="also time tf-keras on the same model, interleaved in this run"),
+        p.add_argument(
+            "--repeats", type=int, default=7, help="timed rounds after warm-up, >= 5 (default: %(default)s)"
+        ),
+        p.add_argument(
+            "--compare", choices=("keras",), help="also time tf-keras on the same model, interleaved in this run"
+        ),
     ]
-    p.add_argument("--processes", type=int, default=1,
-                   help="repeat the measurement in this many fresh processes and report the medians (default: %(default)s)")
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="repeat the measurement in this many fresh processes and report the medians (default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = p.parse_args(argv)
     if args.repeats < 5:
@@ -200,15 +218,24 @@ def main(argv=None):
         p.error("--processes must be at least 1")
     if args.processes > 1:
         command = measurement_command(args, measurement)
-        result = median_over_processes([run_in_fresh_process(command, i, args.processes) for i in range(args.processes)])
+        result = median_over_processes(
+            [run_in_fresh_process(command, i, args.processes) for i in range(args.processes)]
+        )
         return report(result, args.json)
 
     from signs_jax._runtime import set_up
 
     setup = set_up(compilation_cache=False)
-    result = {"conv": args.conv, "dtype": args.dtype, "width": args.width, "batch_size": args.batch_size,
-              "infer_batch_size": args.infer_batch_size, "repeats": args.repeats,
-              "malloc": "reuse_freed_memory" if setup.malloc else "default", "xla_flags": setup.xla_flags}
+    result = {
+        "conv": args.conv,
+        "dtype": args.dtype,
+        "width": args.width,
+        "batch_size": args.batch_size,
+        "infer_batch_size": args.infer_batch_size,
+        "repeats": args.repeats,
+        "malloc": "reuse_freed_memory" if setup.malloc else "default",
+        "xla_flags": setup.xla_flags,
+    }
     runners = jax_runners(args, result)
     if args.compare == "keras":
         runners.update(keras_runners(args, result))
@@ -243,8 +270,16 @@ def report(result: dict, as_json: bool) -> dict:
 
 
 # Listed per process by --processes, so that the spread behind each median is visible.
-PER_PROCESS_KEYS = ("train_vs_keras", "infer_vs_keras", "train_images_per_s", "infer_images_per_s",
-                    "keras_train_images_per_s", "keras_infer_images_per_s", "train_compile_s", "eval_compile_s")
+PER_PROCESS_KEYS = (
+    "train_vs_keras",
+    "infer_vs_keras",
+    "train_images_per_s",
+    "infer_images_per_s",
+    "keras_train_images_per_s",
+    "keras_infer_images_per_s",
+    "train_compile_s",
+    "eval_compile_s",
+)
 
 
 def measurement_command(args, options) -> list:
@@ -269,8 +304,10 @@ def run_in_fresh_process(command: list, index: int, count: int) -> dict:
             return json.loads(lines[-1])
         except ValueError:
             pass
-    raise SystemExit(f"bench.py: process {index + 1} of {count} failed (exit status {done.returncode}); "
-                     f"run it alone to see why: {' '.join(command)}")
+    raise SystemExit(
+        f"bench.py: process {index + 1} of {count} failed (exit status {done.returncode}); "
+        f"run it alone to see why: {' '.join(command)}"
+    )
 
 
 def median_over_processes(results: list) -> dict:

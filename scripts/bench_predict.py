@@ -7,6 +7,7 @@ side by side with Keras `load_model` + `predict` when tf-keras is importable by 
 
 Reports the median wall time of --repeats runs of each.
 """
+
 import argparse
 import os
 import shutil
@@ -38,11 +39,24 @@ def main():
     p.add_argument("--weights", required=True, help="a Keras .h5 (or a run directory; then no Keras comparison)")
     p.add_argument("--image", required=True)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--keras-python", default=os.environ.get("KERAS_PYTHON") or sys.executable,
-                   help="a Python that can import tf_keras (default: $KERAS_PYTHON, then this Python)")
+    p.add_argument(
+        "--keras-python",
+        default=os.environ.get("KERAS_PYTHON") or sys.executable,
+        help="a Python that can import tf_keras (default: $KERAS_PYTHON, then this Python)",
+    )
     args = p.parse_args()
 
-    ours = [sys.executable, "-m", "signs_jax.predict", args.image, "--weights", args.weights, "--interpolation", "nearest", "--json"]
+    ours = [
+        sys.executable,
+        "-m",
+        "signs_jax.predict",
+        args.image,
+        "--weights",
+        args.weights,
+        "--interpolation",
+        "nearest",
+        "--json",
+    ]
     results = {}
     cold = []
     for _ in range(args.repeats):
@@ -58,8 +72,9 @@ def main():
     if Path(args.weights).suffix == ".h5":
         probe = subprocess.run([args.keras_python, "-c", "import tf_keras"], capture_output=True)
         if probe.returncode == 0:
-            results["Keras load_model + predict"] = [timed([args.keras_python, "-c", KERAS_SNIPPET, args.weights, args.image])
-                                                    for _ in range(args.repeats)]
+            results["Keras load_model + predict"] = [
+                timed([args.keras_python, "-c", KERAS_SNIPPET, args.weights, args.image]) for _ in range(args.repeats)
+            ]
         else:
             print(f"(Keras skipped: {args.keras_python} cannot import tf_keras)")
     medians = {k: statistics.median(v) for k, v in results.items()}

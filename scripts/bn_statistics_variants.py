@@ -8,6 +8,7 @@ augmented copies of the calibration images, as train.py draws them) would have g
 statistics the other setting computes. Rows: `clean` (as trained with bn_recalibration_augmented=False) and
 `augmented`. The weights are the run's best checkpoint, as predict loads them.
 """
+
 import argparse
 import dataclasses
 import sys
@@ -50,9 +51,11 @@ def variants(run: str, photos: Path):
         no_near = float((probs.argmax(1) == dataset.test.labels)[clean_test].mean())
         predicted = np.stack([p for _, p in predict_files(weights._replace(variables=variables), files)]).argmax(1)
         recall = [float((predicted[labels == i] == i).mean()) for i in range(len(weights.class_names))]
-        print(f"{weights.source}  {name:9s}  SIGNS test {test_accuracy:.3f} (no near-copies {no_near:.3f})  "
-              f"photos {float((predicted == labels).mean()):.3f}  recall " + " ".join(f"{r:.2f}" for r in recall),
-              flush=True)
+        print(
+            f"{weights.source}  {name:9s}  SIGNS test {test_accuracy:.3f} (no near-copies {no_near:.3f})  "
+            f"photos {float((predicted == labels).mean()):.3f}  recall " + " ".join(f"{r:.2f}" for r in recall),
+            flush=True,
+        )
 
 
 def main(argv=None) -> int:

@@ -7,6 +7,7 @@ tf-keras `load_img(path, target_size=(64, 64))` + `img_to_array` in a subprocess
 `signs_jax.images.load_image(..., "nearest", exif=False)`, and prints the largest pixel difference
 (0 means identical). RGBA files are left out on purpose: Keras drops alpha, signs_jax composites it on white.
 """
+
 import argparse
 import os
 import subprocess
@@ -30,8 +31,11 @@ np.savez(sys.argv[1], *[keras.utils.img_to_array(keras.utils.load_img(f, target_
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--keras-python", default=os.environ.get("KERAS_PYTHON") or sys.executable,
-                   help="a Python that can import tf_keras (default: $KERAS_PYTHON, then this Python)")
+    p.add_argument(
+        "--keras-python",
+        default=os.environ.get("KERAS_PYTHON") or sys.executable,
+        help="a Python that can import tf_keras (default: $KERAS_PYTHON, then this Python)",
+    )
     args = p.parse_args()
     rng = np.random.default_rng(3)
     tmp = Path(tempfile.mkdtemp(prefix="load_img_"))

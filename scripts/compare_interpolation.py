@@ -8,6 +8,7 @@ like a phone photo of the same scene. Each filter then shrinks it back to 64x64 
 `signs_jax.images.load_image`; reported: RMS distance to the original 64x64 pixels (grey levels),
 decode+resize time of one 3024x3024 JPEG, and, with --weights, the accuracy on the shrunk images.
 """
+
 import argparse
 import sys
 import tempfile
@@ -19,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from signs_jax.images import load_image  # noqa: E402
 from signs_jax.cli import DATA_DIR_HELP, data_dir  # noqa: E402
+from signs_jax.images import load_image  # noqa: E402
 
 METHODS = [  # (label, interpolation, JPEG draft decoding)
     ("nearest (Keras load_img)", "nearest", False),
@@ -46,8 +47,12 @@ def main():
     p.add_argument("--scale", type=int, default=24, help="enlargement of the synthetic photos (64 -> 64*scale pixels)")
     p.add_argument("--noise", type=float, default=12.0)
     p.add_argument("--images", type=int, default=120)
-    p.add_argument("--enlarge", default="bicubic", choices=["bicubic", "bilinear", "lanczos"],
-                   help="how the synthetic photos are enlarged (the scene between the 64x64 pixels)")
+    p.add_argument(
+        "--enlarge",
+        default="bicubic",
+        choices=["bicubic", "bilinear", "lanczos"],
+        help="how the synthetic photos are enlarged (the scene between the 64x64 pixels)",
+    )
     p.add_argument("--weights", help="also report accuracy with this model (run directory or Keras .h5)")
     args = p.parse_args()
 
@@ -71,9 +76,15 @@ def main():
 
         w = load_weights(args.weights)
         forward = jax.jit(lambda x: jax.nn.softmax(w.model.apply(w.variables, x)))
-        print(f"accuracy on the original 64x64 pixels: {(np.asarray(forward(originals / 255.0)).argmax(1) == labels).mean():.3f}")
+        print(
+            "accuracy on the original 64x64 pixels: "
+            f"{(np.asarray(forward(originals / 255.0)).argmax(1) == labels).mean():.3f}"
+        )
 
-    print(f"{len(paths)} photos of {64 * args.scale}x{64 * args.scale} pixels ({args.enlarge} enlargement), noise sigma {args.noise}")
+    print(
+        f"{len(paths)} photos of {64 * args.scale}x{64 * args.scale} pixels ({args.enlarge} enlargement), "
+        f"noise sigma {args.noise}"
+    )
     print(f"{'filter':30s} {'RMS to 64x64':>12s} {'3024px ms':>10s}" + (f" {'accuracy':>9s}" if forward else ""))
     for label, interpolation, draft in METHODS:
         shrunk = np.stack([load_image(q, (64, 64), interpolation, draft=draft) for q in paths])

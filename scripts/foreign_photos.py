@@ -7,6 +7,7 @@ sign_digits photos, which are for measuring only and never reach training. Each 
 `python -m signs_jax.predict` reads it with default options, so the numbers are what a user gets. Prints
 accuracy and recall per class for each run, then the mean and the range over the runs (seeds).
 """
+
 import argparse
 import json
 import sys
@@ -36,10 +37,17 @@ def score(weights_spec: str, folder: Path):
         raise SystemExit(f"error: {folder}: no photos in class folders named {list(weights.class_names)}")
     probs = np.stack([p for _, p in predict_files(weights, files, batch_size=32)])
     predicted = probs.argmax(1)
-    recall = {name: float((predicted[labels == i] == i).mean()) for i, name in enumerate(weights.class_names)
-              if (labels == i).any()}
-    return {"weights": weights.source, "photos": len(files), "accuracy": float((predicted == labels).mean()),
-            "recall": recall}
+    recall = {
+        name: float((predicted[labels == i] == i).mean())
+        for i, name in enumerate(weights.class_names)
+        if (labels == i).any()
+    }
+    return {
+        "weights": weights.source,
+        "photos": len(files),
+        "accuracy": float((predicted == labels).mean()),
+        "recall": recall,
+    }
 
 
 def main(argv=None) -> int:
@@ -50,16 +58,22 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     results = [score(spec, args.photos) for spec in args.weights]
     accuracies = [r["accuracy"] for r in results]
-    summary = {"runs": results, "mean_accuracy": float(np.mean(accuracies)), "min_accuracy": min(accuracies),
-               "max_accuracy": max(accuracies)}
+    summary = {
+        "runs": results,
+        "mean_accuracy": float(np.mean(accuracies)),
+        "min_accuracy": min(accuracies),
+        "max_accuracy": max(accuracies),
+    }
     if args.json:
         print(json.dumps(summary))
         return 0
     for r in results:
         recalls = "  ".join(f"{k}:{v:.2f}" for k, v in r["recall"].items())
         print(f"{r['accuracy']:.3f}  recall {recalls}  ({r['photos']} photos, {r['weights']})")
-    print(f"mean {summary['mean_accuracy']:.3f}, range {summary['min_accuracy']:.3f}-{summary['max_accuracy']:.3f} "
-          f"over {len(results)} run(s)")
+    print(
+        f"mean {summary['mean_accuracy']:.3f}, range {summary['min_accuracy']:.3f}-{summary['max_accuracy']:.3f} "
+        f"over {len(results)} run(s)"
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ Dev-only: used by the fixture and benchmark scripts to produce reference numbers
 `width` scales every filter count the same way `signs_jax.models.scaled` does, so reduced-width
 fixtures stay small.
 """
+
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -59,8 +60,12 @@ def ResNet50(input_shape=(64, 64, 3), classes=6, width=1.0):
     x = layers.BatchNormalization(axis=3, name="bn_conv1")(x)
     x = layers.Activation("relu")(x)
     x = layers.MaxPooling2D((3, 3), strides=(2, 2))(x)
-    for stage, filters, blocks, stride in ((2, [64, 64, 256], 3, 1), (3, [128, 128, 512], 4, 2),
-                                           (4, [256, 256, 1024], 6, 2), (5, [512, 512, 2048], 3, 2)):
+    for stage, filters, blocks, stride in (
+        (2, [64, 64, 256], 3, 1),
+        (3, [128, 128, 512], 4, 2),
+        (4, [256, 256, 1024], 6, 2),
+        (5, [512, 512, 2048], 3, 2),
+    ):
         x = convolutional_block(x, 3, w(filters), stage, "a", s=stride)
         for i in range(1, blocks):
             x = identity_block(x, 3, w(filters), stage, "abcdefghijklmnopqrstuvwxyz"[i])

@@ -14,6 +14,7 @@ statistics included) to seeded random values, and writes:
 Then it checks the way back: signs_jax.save_keras_h5 of the imported weights loads into a fresh tf-keras
 model with load_weights and reproduces Keras's probabilities.
 """
+
 import argparse
 import os
 import subprocess
@@ -26,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras_reference  # noqa: E402  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
 from signs_jax.cli import DATA_DIR_HELP, data_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +55,7 @@ def randomise(model, rng, features_model, images):
             layer.set_weights([rng.normal(0, 1, kernel.shape), rng.normal(0, 0.1, bias.shape)])
     # Moving statistics near the real batch statistics, then perturbed: with purely random ones the
     # signal from the image drowns in the offsets and every image gets the same probabilities.
-    norms = [l for l in model.layers if type(l).__name__ == "BatchNormalization"]
+    norms = [layer for layer in model.layers if type(layer).__name__ == "BatchNormalization"]
     for layer in norms:
         layer.momentum = 0.0  # one training-mode call then copies the batch statistics
     model(images, training=True)
@@ -128,25 +130,45 @@ def main():
 
     # Keras 3 writes its own legacy .h5 in a separate process (it cannot share one with tf-keras).
     with tempfile.TemporaryDirectory() as tmp:
-        flat = {f"{l.name}/{i}": w for l in model.layers for i, w in enumerate(l.get_weights())}
+        flat = {f"{layer.name}/{i}": w for layer in model.layers for i, w in enumerate(layer.get_weights())}
         np.savez(Path(tmp) / "w.npz", **flat)
         np.save(Path(tmp) / "x.npy", images)
         dst = out / "resnet50_w8_keras3_legacy.h5"
-        subprocess.run([sys.executable, "-c", KERAS3_SCRIPT, str(Path(__file__).parent), str(Path(tmp) / "w.npz"),
-                        str(dst), str(Path(tmp) / "x.npy"), str(WIDTH)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                KERAS3_SCRIPT,
+                str(Path(__file__).parent),
+                str(Path(tmp) / "w.npz"),
+                str(dst),
+                str(Path(tmp) / "x.npy"),
+                str(WIDTH),
+            ],
+            check=True,
+        )
         probs3 = np.load(str(dst) + ".probs.npy")
         os.remove(str(dst) + ".probs.npy")
     print("Keras 3 vs tf-keras max |dp|:", np.abs(probs3 - probs).max())
 
     # Training mode: batch statistics, and the moving statistics Keras updates from them.
     train_probs = model(images, training=True).numpy()
-    moving = {f"{l.name}/{w}": v for l in model.layers if type(l).__name__ == "BatchNormalization"
-              for w, v in zip(("moving_mean", "moving_variance"), l.get_weights()[2:])}
+    moving = {
+        f"{layer.name}/{w}": v
+        for layer in model.layers
+        if type(layer).__name__ == "BatchNormalization"
+        for w, v in zip(("moving_mean", "moving_variance"), layer.get_weights()[2:])
+    }
     np.savez_compressed(
         out / "resnet50_w8_expected.npz",
-        test_indices=idx, probabilities=probs, probabilities_keras3=probs3,
-        train_mode_probabilities=train_probs, **{f"moving/{k}": v for k, v in moving.items()},
-        width=WIDTH, tf_version=tf.__version__, keras_version=keras.__version__,
+        test_indices=idx,
+        probabilities=probs,
+        probabilities_keras3=probs3,
+        train_mode_probabilities=train_probs,
+        **{f"moving/{k}": v for k, v in moving.items()},
+        width=WIDTH,
+        tf_version=tf.__version__,
+        keras_version=keras.__version__,
     )
     print("wrote fixtures to", out)
     check_export(out, images, probs)

@@ -13,6 +13,7 @@ Writes PNG/JPEG files into OUT_DIR (which must not exist yet), in sub-folders by
 
 Prints how many of each kind it wrote.
 """
+
 import argparse
 import os
 import sys
@@ -66,8 +67,18 @@ def textures(out: Path, seed: int = 0) -> int:
             shape((int(x0), int(y0), int(x1), int(y1)), fill=tuple(int(c) for c in colour()))
         img.save(out / f"shapes_{i:02d}.png")
         count += 5
-    flat = [(255, 255, 255), (0, 0, 0), (128, 128, 128), (224, 172, 105), (198, 134, 66), (141, 85, 36),
-            (255, 219, 172), (241, 194, 125), (200, 180, 170), (230, 220, 210)]
+    flat = [
+        (255, 255, 255),
+        (0, 0, 0),
+        (128, 128, 128),
+        (224, 172, 105),
+        (198, 134, 66),
+        (141, 85, 36),
+        (255, 219, 172),
+        (241, 194, 125),
+        (200, 180, 170),
+        (230, 220, 210),
+    ]
     flat += [tuple(int(c) for c in colour()) for _ in range(PER_KIND - len(flat))]
     for i, rgb in enumerate(flat):
         _save(np.ones((SIDE, SIDE, 3)) * np.asarray(rgb), out / f"flat_{i:02d}.png")

@@ -7,6 +7,7 @@ chunks of 16 images (labels and class list in one chunk each), without timestamp
 source gives byte-identical files. Prints the sha256 of each written file: these belong in
 signs_jax/data.py's PACKAGED_SHA256.
 """
+
 import argparse
 import hashlib
 import sys
@@ -15,8 +16,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-SPLITS = {"train_signs.h5": ("train_set_x", "train_set_y", "list_classes"),
-          "test_signs.h5": ("test_set_x", "test_set_y", "list_classes")}
+SPLITS = {
+    "train_signs.h5": ("train_set_x", "train_set_y", "list_classes"),
+    "test_signs.h5": ("test_set_x", "test_set_y", "list_classes"),
+}
 IMAGES_PER_CHUNK = 16  # reading one image decompresses 16; larger chunks compress hardly better
 OUT = Path(__file__).resolve().parent.parent / "signs_jax" / "dataset"
 

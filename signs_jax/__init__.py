@@ -2,6 +2,7 @@
 
 The public API is imported lazily so that command-line tools start fast.
 """
+
 import importlib
 
 __version__ = "0.1.0"

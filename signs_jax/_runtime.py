@@ -6,6 +6,7 @@ models, loading weights and calling steps leave the process as the user set it u
 docs/runtime.md says how a script gets the same set-up (and the tools' numbers) from environment
 variables; docs/performance.md holds the measurements behind each setting.
 """
+
 import ctypes
 import ctypes.util
 import dataclasses

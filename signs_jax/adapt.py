@@ -6,6 +6,7 @@ predicted (no labels needed) is the "precise BatchNorm" step training ends each 
 (`loops.recalibrate_batch_stats`), run on the user's photos instead of clean training images.
 How many photos it needs, and why fewer than MIN_PHOTOS are refused: docs/calibration.md.
 """
+
 import functools
 import math
 from typing import Any, Dict
@@ -15,6 +16,7 @@ from .errors import UserError
 MIN_PHOTOS = 16
 BATCH_SIZE = 32
 
+
 def adapt_batches(num_photos: int, batch_size: int = BATCH_SIZE) -> int:
     """The batch size that splits `num_photos` into the fewest batches of at most `batch_size`, as evenly as
     possible: every batch is full, so at most (batches - 1) photos are left out."""
@@ -22,8 +24,9 @@ def adapt_batches(num_photos: int, batch_size: int = BATCH_SIZE) -> int:
     return num_photos // batches
 
 
-def adapt_batch_norm(model, variables, images, batch_size: int = BATCH_SIZE,
-                     min_photos: int = MIN_PHOTOS) -> Dict[str, Any]:
+def adapt_batch_norm(
+    model, variables, images, batch_size: int = BATCH_SIZE, min_photos: int = MIN_PHOTOS
+) -> Dict[str, Any]:
     """`variables` with every BatchNorm layer's statistics re-estimated on `images` (no labels).
 
     `images`: (N, H, W, 3), uint8 in [0, 255] or float in [0, 1] (as `load_image` returns them), in a fixed
@@ -36,12 +39,15 @@ def adapt_batch_norm(model, variables, images, batch_size: int = BATCH_SIZE,
 
     images = np.asarray(images)
     if len(images) < max(2, min_photos):  # one photo has no variance
-        raise UserError(f"--adapt needs at least {max(2, min_photos)} photos to re-estimate BatchNorm statistics, got "
-                        f"{len(images)} (with fewer, its answers are worse than without it: docs/calibration.md)")
+        raise UserError(
+            f"--adapt needs at least {max(2, min_photos)} photos to re-estimate BatchNorm statistics, got "
+            f"{len(images)} (with fewer, its answers are worse than without it: docs/calibration.md)"
+        )
     if images.dtype != np.uint8:
         images = np.asarray(images, np.float32) * 255.0  # the statistics step reads pixels in [0, 255]
-    return recalibrate_batch_stats(compiled_statistics_step(model), variables, images,
-                                   adapt_batches(len(images), batch_size))
+    return recalibrate_batch_stats(
+        compiled_statistics_step(model), variables, images, adapt_batches(len(images), batch_size)
+    )
 
 
 @functools.lru_cache(maxsize=8)

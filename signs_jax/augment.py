@@ -10,6 +10,7 @@ Two policies:
   blotchy texture and the original shadows); then wider geometry (rotations up to 25 degrees, zoom both
   ways, aspect changes), vignetting, white balance, saturation, brightness, contrast and sensor noise.
 """
+
 import functools
 from typing import NamedTuple
 
@@ -88,7 +89,8 @@ def generated_background(rng, shape):
     ys, xs = jnp.meshgrid(jnp.linspace(-0.5, 0.5, h), jnp.linspace(-0.5, 0.5, w), indexing="ij")
     direction = jax.random.uniform(k_dir, minval=0.0, maxval=2 * jnp.pi)
     ramp = (jnp.cos(direction) * xs + jnp.sin(direction) * ys) * jax.random.uniform(
-        k_grad, minval=0.0, maxval=BACKGROUND_GRADIENT)
+        k_grad, minval=0.0, maxval=BACKGROUND_GRADIENT
+    )
     coarse = jax.random.normal(k_tex, (4, 4))
     texture = jax.image.resize(coarse, (h, w), method="cubic") * BACKGROUND_TEXTURE
     return (level + ramp + texture)[..., None] * tint

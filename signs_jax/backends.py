@@ -5,6 +5,7 @@ measured faster on XLA's CPU backend; GPUs and TPUs keep XLA's own convolution a
 state. Each default is resolved when a model or a step is built, from the backend JAX runs on
 then, never at import: a run trained on the CPU and restored on a GPU gets the GPU's defaults.
 """
+
 import jax
 
 

@@ -4,13 +4,16 @@ Training does this itself when it ends (a run with a validation split); this com
 trained before, or again. Only held-out training images are used, never the test set: a run without a
 validation split has nothing to fit on and keeps T = 1.
 """
+
 import argparse
 import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-NO_VALIDATION = ("{run}: no validation split to fit a temperature on (the test set is never used for it): "
-                 "confidence stays uncalibrated (T = 1); train with --val-fraction to fit one")
+NO_VALIDATION = (
+    "{run}: no validation split to fit a temperature on (the test set is never used for it): "
+    "confidence stays uncalibrated (T = 1); train with --val-fraction to fit one"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,16 +51,22 @@ def fit_run(run_dir, batch_size: int = 120) -> Optional[Dict[str, Any]]:
         return None
     model, variables, step = restore_variables(run_dir)
     logits = logits_of(model, variables, validation.images.astype("float32") / 255.0, batch_size)
-    record = {"step": int(step), "fitted_on": "validation", "examples": int(len(validation.labels)),
-              **calibration_report(logits, validation.labels, fit_temperature(logits, validation.labels))}
+    record = {
+        "step": int(step),
+        "fitted_on": "validation",
+        "examples": int(len(validation.labels)),
+        **calibration_report(logits, validation.labels, fit_temperature(logits, validation.labels)),
+    }
     write_calibration(run_dir, record)
     return record
 
 
 def describe(record: Dict[str, Any]) -> str:
-    return (f"temperature {record['temperature']:.4g} fitted on {record['examples']} validation images (step "
-            f"{record['step']}): NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}, "
-            f"ECE {record['ece_before']:.4f} -> {record['ece_after']:.4f}")
+    return (
+        f"temperature {record['temperature']:.4g} fitted on {record['examples']} validation images (step "
+        f"{record['step']}): NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}, "
+        f"ECE {record['ece_before']:.4f} -> {record['ece_after']:.4f}"
+    )
 
 
 def run(args) -> int:

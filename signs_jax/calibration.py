@@ -7,6 +7,7 @@ any prediction (argmax is unchanged). The fit is stored with the run (`calibrati
 predict, evaluate and `load_weights`. It is never fitted on the test set: a run without a validation split
 keeps T = 1 (see docs/calibration.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -115,10 +116,13 @@ def expected_calibration_error(probs, labels, bins: int = ECE_BINS) -> float:
 
 def calibration_report(logits, labels, temperature: float) -> Dict[str, float]:
     """NLL and ECE of the raw softmax (T = 1) and of the calibrated one."""
-    return {"temperature": float(temperature),
-            "nll_before": nll(logits, labels), "nll_after": nll(logits, labels, temperature),
-            "ece_before": expected_calibration_error(softmax(logits), labels),
-            "ece_after": expected_calibration_error(softmax(logits, temperature), labels)}
+    return {
+        "temperature": float(temperature),
+        "nll_before": nll(logits, labels),
+        "nll_after": nll(logits, labels, temperature),
+        "ece_before": expected_calibration_error(softmax(logits), labels),
+        "ece_after": expected_calibration_error(softmax(logits, temperature), labels),
+    }
 
 
 def plot_reliability(logits, labels, temperature: float, path, title: str = "reliability") -> Path:
@@ -138,8 +142,13 @@ def plot_reliability(logits, labels, temperature: float, path, title: str = "rel
         filled = stats["count"] > 0
         ece = expected_calibration_error(probs, labels)
         ax.plot(stats["confidence"][filled], stats["accuracy"][filled], marker=marker, label=f"{name} (ECE {ece:.3f})")
-    ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="confidence (mean per bin)", ylabel="accuracy",
-           title=f"{title} ({len(labels)} images, {ECE_BINS} bins)")
+    ax.set(
+        xlim=(0, 1.02),
+        ylim=(0, 1.02),
+        xlabel="confidence (mean per bin)",
+        ylabel="accuracy",
+        title=f"{title} ({len(labels)} images, {ECE_BINS} bins)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
     fig.tight_layout()
@@ -173,8 +182,9 @@ def read_calibration(run_dir) -> Optional[Dict[str, Any]]:
         record = json.loads(path.read_text())
         temperature = float(record["temperature"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{path}: not a calibration file ({type(err).__name__}: {err}); "
-                        "remove it to use T = 1") from None
+        raise UserError(
+            f"{path}: not a calibration file ({type(err).__name__}: {err}); remove it to use T = 1"
+        ) from None
     if not (math.isfinite(temperature) and temperature > 0):
         raise UserError(f"{path}: temperature {temperature} is not a positive number; remove it to use T = 1")
     return record

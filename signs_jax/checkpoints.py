@@ -11,6 +11,7 @@ A directory is a run, one that predict and evaluate may pick, only once it holds
 checkpoint (`has_checkpoint`); before that it is an incomplete start, which `train --run NAME`
 may start again. While a process trains a run it holds an exclusive lock on `<run>/train.lock`.
 """
+
 import fcntl
 import json
 import os
@@ -77,8 +78,11 @@ class RunCheckpoints:
             read_only=read_only,
             enable_async_checkpointing=False,  # a save returns once the step is on disk
         )
-        handlers = {"state": ocp.StandardCheckpointHandler(), "variables": ocp.StandardCheckpointHandler(),
-                    "meta": ocp.JsonCheckpointHandler()}
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "variables": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        }
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def save(self, step: int, state, meta: Dict[str, Any], score: Optional[float] = None, variables=None) -> None:
@@ -95,8 +99,10 @@ class RunCheckpoints:
         """{"params/conv1/kernel": shape, ...} of an item as stored at `step`, read from orbax's metadata
         without restoring anything."""
         tree = self.manager.item_metadata(step)[item]
-        return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-                for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+        return {
+            "/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        }
 
     def steps(self):
         return sorted(self.manager.all_steps(), reverse=True)
@@ -107,11 +113,18 @@ class RunCheckpoints:
         for step in self.steps():
             try:
                 restored = self.manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                    ),
                 )
             except Exception as err:  # noqa: BLE001 - any damage means: try the previous checkpoint
                 errors.append(step)
-                print(f"checkpoint {self.directory / str(step)} is unreadable ({type(err).__name__}); trying an older one", file=sys.stderr)
+                print(
+                    f"checkpoint {self.directory / str(step)} is unreadable ({type(err).__name__}); "
+                    "trying an older one",
+                    file=sys.stderr,
+                )
                 continue
             if errors:
                 # Moved aside, not deleted: the run continues from `step` and will write those steps anew.
@@ -120,7 +133,10 @@ class RunCheckpoints:
                 for bad in errors:
                     (self.directory / str(bad)).rename(damaged / f"{bad}-{int(time.time())}")
                 self.manager.reload()
-                print(f"resuming from step {step}: newer checkpoint(s) {errors} could not be restored (moved to {damaged})")
+                print(
+                    f"resuming from step {step}: newer checkpoint(s) {errors} could not be restored "
+                    f"(moved to {damaged})"
+                )
             return restored["state"], restored["meta"], step
         if errors:
             raise UserError(f"{self.directory}: no checkpoint could be restored (tried steps {errors})")
@@ -149,13 +165,17 @@ def restore_variables(run_dir: Path, step: Optional[int] = None) -> Tuple[Any, D
     if not (run_dir / "ckpt").is_dir():
         raise UserError(f"{run_dir}: run has no checkpoints yet")
     ckpts = RunCheckpoints(run_dir, read_only=True)
-    candidates = [step] if step is not None else [s for s in [ckpts.manager.best_step()] if s is not None] + ckpts.steps()
+    candidates = (
+        [step] if step is not None else [s for s in [ckpts.manager.best_step()] if s is not None] + ckpts.steps()
+    )
     # Explicit shardings: the checkpoint may come from a run over other devices (or processes).
     abstract = _placed(abstract_variables(model), jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
     skipped, non_finite = [], []
     for candidate in dict.fromkeys(candidates):
         try:
-            restored = ckpts.manager.restore(candidate, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract)))
+            restored = ckpts.manager.restore(
+                candidate, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract))
+            )
         except Exception as err:  # noqa: BLE001
             skipped.append(f"step {candidate} is unreadable ({type(err).__name__})")
             continue
@@ -237,8 +257,10 @@ class RunLock:
             holder = os.read(fd, 32).decode(errors="replace").strip()
             os.close(fd)
             by = f" (process {holder})" if holder.isdigit() else ""
-            raise UserError(f"{self.path.parent}: another train process is running this run{by}; wait for it or "
-                            "choose another --run") from None
+            raise UserError(
+                f"{self.path.parent}: another train process is running this run{by}; wait for it or "
+                "choose another --run"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self.fd = fd

@@ -1,4 +1,5 @@
 """Command-line helpers: which data set a tool reads, and how a run records it in its config.json."""
+
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional

@@ -1,4 +1,5 @@
 """Configuration in one place: the architecture of the original Keras ResNet50 and project defaults."""
+
 from pathlib import Path
 
 # The original model: (blocks, [F1, F2, F3]) for stages 2..5, stride 1 on stage 2 and 2 on the others.
@@ -21,4 +22,3 @@ DEFAULT_WORKDIR = Path("checkpoints")
 def scaled(filters: int, width: float) -> int:
     """Filter count of a width-scaled variant (never below one filter)."""
     return max(1, int(round(filters * width)))
-

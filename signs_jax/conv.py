@@ -9,6 +9,7 @@ one matmul with the kernel reshaped to (k*k*in, out). The backward pass is writt
 convs. docs/performance.md has the measurements, all on XLA's CPU backend: this is the CPU's default
 conv only (`backends.default_conv`).
 """
+
 import functools
 from typing import Any, Sequence, Tuple, Union
 
@@ -63,7 +64,9 @@ def concatenated_views(x, kernel_size: Sequence[int], strides: Sequence[int], sp
         return views[0]
     new_axes = (channel_axis, channel_axis + 1)
     rows = [
-        jnp.concatenate([jnp.expand_dims(view, new_axes) for view in views[i * kw:(i + 1) * kw]], axis=channel_axis + 1)
+        jnp.concatenate(
+            [jnp.expand_dims(view, new_axes) for view in views[i * kw : (i + 1) * kw]], axis=channel_axis + 1
+        )
         for i in range(kh)
     ]
     shape = list(views[0].shape)
@@ -198,7 +201,9 @@ def conv_skipping_padding(x, kernel, strides, pads):
         pieces = []
         for c0, c1, j0, j1 in tap_runs(w, kernel.shape[1], sw, pads[1]):
             a, b = r0 * sh + i0 - top, c0 * sw + j0 - left
-            reach = jax.lax.slice(x, (0, a, b, 0), (n, a + sh * (r1 - r0 - 1) + i1 - i0, b + sw * (c1 - c0 - 1) + j1 - j0, c))
+            reach = jax.lax.slice(
+                x, (0, a, b, 0), (n, a + sh * (r1 - r0 - 1) + i1 - i0, b + sw * (c1 - c0 - 1) + j1 - j0, c)
+            )
             patches = move_bits(im2col, reach, (i1 - i0, j1 - j0), strides, ((0, 0), (0, 0)))
             taps = kernel[i0:i1, j0:j1].reshape(-1, kernel.shape[-1]).astype(x.dtype)
             pieces.append(jnp.dot(patches, taps, preferred_element_type=jnp.float32))
@@ -240,15 +245,26 @@ def winograd_conv(x, kernel, pads):
     dtype = x.dtype
     out_h, out_w = h + top + bottom - 2, w + left + right - 2
     tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
-    x = jnp.pad(x.astype(jnp.float32), ((0, 0), (top, 2 * tiles_h + 2 - h - top), (left, 2 * tiles_w + 2 - w - left), (0, 0)))
+    x = jnp.pad(
+        x.astype(jnp.float32), ((0, 0), (top, 2 * tiles_h + 2 - h - top), (left, 2 * tiles_w + 2 - w - left), (0, 0))
+    )
     # the 4 rows (then columns) of every tile: the shifted views of a 4x1 (1x4) window at stride 2
-    transformed = [v for u in combine(WINOGRAD_INPUT, shifted_views(x, (4, 1), (2, 1)))
-                   for v in combine(WINOGRAD_INPUT, shifted_views(u, (1, 4), (1, 2)))]
+    transformed = [
+        v
+        for u in combine(WINOGRAD_INPUT, shifted_views(x, (4, 1), (2, 1)))
+        for v in combine(WINOGRAD_INPUT, shifted_views(u, (1, 4), (1, 2)))
+    ]
     transformed = jnp.stack(transformed).reshape(16, n * tiles_h * tiles_w, c).astype(dtype)
-    kernel = jnp.stack([v for u in combine(WINOGRAD_KERNEL, list(kernel.astype(jnp.float32)))
-                        for v in combine(WINOGRAD_KERNEL, list(u))])  # (16, C, out)
-    products = jax.lax.dot_general(transformed, kernel.astype(dtype), (((2,), (1,)), ((0,), (0,))),
-                                   preferred_element_type=jnp.float32)
+    kernel = jnp.stack(
+        [
+            v
+            for u in combine(WINOGRAD_KERNEL, list(kernel.astype(jnp.float32)))
+            for v in combine(WINOGRAD_KERNEL, list(u))
+        ]
+    )  # (16, C, out)
+    products = jax.lax.dot_general(
+        transformed, kernel.astype(dtype), (((2,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32
+    )
     products = list(products.reshape(4, 4, n, tiles_h, tiles_w, -1))
     rows = combine(WINOGRAD_OUTPUT, products)  # 2 x (4, N, th, tw, out): output row within the tile
     tiles = jnp.stack([jnp.stack(combine(WINOGRAD_OUTPUT, list(r))) for r in rows])  # (2, 2, N, th, tw, out)

@@ -3,6 +3,7 @@
 Images are kept as uint8 (N, H, W, 3) and scaled to [0, 1] on the device, as the original divides by 255.
 A copy of SIGNS ships inside the package (`PACKAGED_SIGNS`, loaded by `load_signs()`).
 """
+
 import hashlib
 import re
 import warnings
@@ -26,7 +27,10 @@ PACKAGED_SHA256 = {
 }
 PACKAGED_SOURCE = "packaged SIGNS"
 
-H5_FILES = {"train": ("train_signs.h5", "train_set_x", "train_set_y"), "test": ("test_signs.h5", "test_set_x", "test_set_y")}
+H5_FILES = {
+    "train": ("train_signs.h5", "train_set_x", "train_set_y"),
+    "test": ("test_signs.h5", "test_set_x", "test_set_y"),
+}
 FLAT_LABEL = re.compile(r"^(\d+)_")
 # How image folders are resized (to --image-size, or to the first training image's size): Pillow's
 # bilinear filter (antialiased when shrinking) without JPEG draft decoding, EXIF orientation applied.
@@ -77,8 +81,9 @@ def holds_data(directory) -> bool:
 def missing_data_message(directory, given_by: str = "") -> str:
     """One line: `directory` (named by `given_by`, e.g. "--data-dir") holds no data set."""
     where = f"{given_by} {directory}" if given_by else str(directory)
-    return (f"{where}: no SIGNS data there (expected train_signs.h5 and test_signs.h5, "
-            "or image folders train*/ and test*/)")
+    return (
+        f"{where}: no SIGNS data there (expected train_signs.h5 and test_signs.h5, or image folders train*/ and test*/)"
+    )
 
 
 def is_packaged(directory) -> bool:
@@ -93,11 +98,14 @@ def verify_packaged(directory=None, checksums=None) -> None:
         try:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
         except OSError as err:
-            raise UserError(f"{path}: the packaged SIGNS file is missing or unreadable ({err.strerror or err}); "
-                            "reinstall signs_jax") from None
+            raise UserError(
+                f"{path}: the packaged SIGNS file is missing or unreadable ({err.strerror or err}); reinstall signs_jax"
+            ) from None
         if digest != expected:
-            raise UserError(f"{path}: the packaged SIGNS file is damaged (its sha256 is not the one it was shipped "
-                            "with); reinstall signs_jax")
+            raise UserError(
+                f"{path}: the packaged SIGNS file is damaged (its sha256 is not the one it was shipped "
+                "with); reinstall signs_jax"
+            )
 
 
 def load_signs() -> Dataset:
@@ -133,12 +141,16 @@ def load_dataset(directory, image_size: Optional[Tuple[int, int]] = None) -> Dat
 
 def _read_h5_split(path: Path, x_key: str, y_key: str) -> Tuple[Split, Optional[List[str]]]:
     if not path.exists():
-        raise UserError(f"{path}: missing (the SIGNS data set needs {H5_FILES['train'][0]} and {H5_FILES['test'][0]} here)")
+        raise UserError(
+            f"{path}: missing (the SIGNS data set needs {H5_FILES['train'][0]} and {H5_FILES['test'][0]} here)"
+        )
     try:
         with h5py.File(path, "r") as f:
             missing = [k for k in (x_key, y_key) if k not in f]
             if missing:
-                raise UserError(f"{path}: no dataset {', '.join(missing)} (has: {', '.join(sorted(f.keys())) or 'nothing'})")
+                raise UserError(
+                    f"{path}: no dataset {', '.join(missing)} (has: {', '.join(sorted(f.keys())) or 'nothing'})"
+                )
             x, y = f[x_key], f[y_key]
             if x.ndim != 4 or x.shape[-1] != 3:
                 raise UserError(f"{path}: {x_key} has shape {x.shape}, expected (N, H, W, 3)")
@@ -151,7 +163,9 @@ def _read_h5_split(path: Path, x_key: str, y_key: str) -> Tuple[Split, Optional[
             images, labels = np.asarray(x), np.asarray(y).reshape(-1).astype(np.int64)
             classes = None
             if "list_classes" in f:
-                classes = [c.decode() if isinstance(c, bytes) else str(c) for c in np.asarray(f["list_classes"]).reshape(-1)]
+                classes = [
+                    c.decode() if isinstance(c, bytes) else str(c) for c in np.asarray(f["list_classes"]).reshape(-1)
+                ]
     except UserError:
         raise
     except (OSError, KeyError, ValueError) as err:
@@ -172,7 +186,8 @@ def load_signs_h5(directory) -> Dataset:
         bad = labels[(labels < 0) | (labels >= len(class_names))]
         if bad.size:
             raise UserError(
-                f"{directory / filename}: {y_key} holds labels {sorted(set(bad.tolist()))[:5]} outside 0..{len(class_names) - 1}"
+                f"{directory / filename}: {y_key} holds labels {sorted(set(bad.tolist()))[:5]} "
+                f"outside 0..{len(class_names) - 1}"
             )
     if splits["train"].images.shape[1:] != splits["test"].images.shape[1:]:
         raise UserError(f"{directory}: train and test images differ in size")
@@ -282,7 +297,9 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def train_batches(split: Split, batch_size: int, seed: int, epoch: int, start: int = 0) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
+def train_batches(
+    split: Split, batch_size: int, seed: int, epoch: int, start: int = 0
+) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
     """Full batches of a seeded permutation (the incomplete last batch is left out, a different one each epoch)."""
     order = epoch_permutation(len(split.labels), seed, epoch)
     for step in range(start, len(order) // batch_size):
@@ -307,7 +324,9 @@ def eval_batches(split: Split, batch_size: int) -> Iterator[Tuple[np.ndarray, np
 # ------------------------------------------------------------------------------ near-copy audit
 
 
-def near_copy_distances(test_images: np.ndarray, train_images: np.ndarray, chunk: int = 64) -> Tuple[np.ndarray, np.ndarray]:
+def near_copy_distances(
+    test_images: np.ndarray, train_images: np.ndarray, chunk: int = 64
+) -> Tuple[np.ndarray, np.ndarray]:
     """For every test image: the RMS pixel distance to its nearest training image, and that image's index."""
     train = train_images.reshape(len(train_images), -1).astype(np.float32)
     train_sq = (train**2).sum(1)

@@ -1,4 +1,5 @@
 """User-facing errors: one clear line, no traceback."""
+
 import functools
 import sys
 

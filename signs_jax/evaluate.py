@@ -1,4 +1,5 @@
 """`python -m signs_jax.evaluate`: loss, accuracy, per-class precision/recall and a confusion matrix."""
+
 import argparse
 import json
 import sys
@@ -14,18 +15,29 @@ def build_parser() -> argparse.ArgumentParser:
         "SIGNS test set, an h5 pair or image folders.",
     )
     p.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
-    p.add_argument("--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)")
-    p.add_argument("--data-dir", help="SIGNS h5 pair or image folders (default for a run: the data it was trained on; "
-                   f"for a Keras .h5: {cli.DATA_DIR_DEFAULTS})")
+    p.add_argument(
+        "--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--data-dir",
+        help="SIGNS h5 pair or image folders (default for a run: the data it was trained on; "
+        f"for a Keras .h5: {cli.DATA_DIR_DEFAULTS})",
+    )
     p.add_argument("--batch-size", type=int, default=120)
-    p.add_argument("--confusion-png", metavar="PATH",
-                   help="confusion matrix picture (default: confusion.png in the run directory, or in the current "
-                   "directory for a Keras .h5); an existing file there is replaced (atomically) only when it is a "
-                   "picture matplotlib made, never a photo or any other file")
-    p.add_argument("--reliability-png", metavar="PATH",
-                   help="reliability diagram (accuracy against confidence, before and after the run's calibration "
-                   "temperature; default: reliability.png next to the confusion matrix picture); replaced only as "
-                   "--confusion-png is")
+    p.add_argument(
+        "--confusion-png",
+        metavar="PATH",
+        help="confusion matrix picture (default: confusion.png in the run directory, or in the current "
+        "directory for a Keras .h5); an existing file there is replaced (atomically) only when it is a "
+        "picture matplotlib made, never a photo or any other file",
+    )
+    p.add_argument(
+        "--reliability-png",
+        metavar="PATH",
+        help="reliability diagram (accuracy against confidence, before and after the run's calibration "
+        "temperature; default: reliability.png next to the confusion matrix picture); replaced only as "
+        "--confusion-png is",
+    )
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     return p
 
@@ -57,11 +69,25 @@ def plot_confusion(matrix, names, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.imshow(matrix, cmap="Blues")
-    ax.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names,
-           xlabel="predicted", ylabel="true", title="confusion matrix")
+    ax.set(
+        xticks=range(len(names)),
+        yticks=range(len(names)),
+        xticklabels=names,
+        yticklabels=names,
+        xlabel="predicted",
+        ylabel="true",
+        title="confusion matrix",
+    )
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center", color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                int(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
     fig.tight_layout()
     from .files import atomic_path
 
@@ -92,9 +118,9 @@ def run(args) -> int:
 
     import numpy as np
 
+    from .calibration import ECE_BINS, calibration_report, nll, plot_reliability
     from .data import load_dataset, near_copy_mask
     from .errors import UserError
-    from .calibration import ECE_BINS, calibration_report, nll, plot_reliability
     from .predict import logits_of
     from .weights import load_weights
 
@@ -127,8 +153,11 @@ def run(args) -> int:
     matrix = confusion_matrix(labels, predictions, model.num_classes)
     precision, recall = per_class_scores(matrix)
     if tuple(map(str, dataset.class_names)) != tuple(weights.class_names):
-        print(f"warning: the data's classes {list(dataset.class_names)} are not the model's {list(weights.class_names)}; "
-              "labels are compared by index", file=sys.stderr)
+        print(
+            f"warning: the data's classes {list(dataset.class_names)} are not the model's {list(weights.class_names)}; "
+            "labels are compared by index",
+            file=sys.stderr,
+        )
     seen = dataset.train.images  # every image a training run could have learned from, validation included
     if dataset.validation is not None and len(dataset.validation.labels):
         seen = np.concatenate([seen, dataset.validation.images])
@@ -142,9 +171,14 @@ def run(args) -> int:
         "accuracy": accuracy,
         "near_copies": int(near.sum()),
         "accuracy_no_near_copies": float((predictions[clean] == labels[clean]).mean()) if clean.any() else None,
-        "per_class": {name: {"precision": None if np.isnan(p) else float(p), "recall": None if np.isnan(r) else float(r),
-                             "support": int(matrix[i].sum())}
-                      for i, (name, p, r) in enumerate(zip(weights.class_names, precision, recall))},
+        "per_class": {
+            name: {
+                "precision": None if np.isnan(p) else float(p),
+                "recall": None if np.isnan(r) else float(r),
+                "support": int(matrix[i].sum()),
+            }
+            for i, (name, p, r) in enumerate(zip(weights.class_names, precision, recall))
+        },
         "confusion_matrix": matrix.tolist(),
         # Before: the raw softmax (T = 1); after: with the run's fitted temperature (1 when it has none).
         "calibration": {**calibration, "bins": ECE_BINS},
@@ -154,8 +188,11 @@ def run(args) -> int:
     except OSError as err:
         raise UserError(f"{png}: cannot write the confusion matrix picture ({err.strerror or err})") from None
     try:
-        result["reliability_png"] = str(plot_reliability(logits, labels, weights.temperature, reliability_png,
-                                                         title=f"reliability, {dataset.source}"))
+        result["reliability_png"] = str(
+            plot_reliability(
+                logits, labels, weights.temperature, reliability_png, title=f"reliability, {dataset.source}"
+            )
+        )
     except OSError as err:
         raise UserError(f"{reliability_png}: cannot write the reliability diagram ({err.strerror or err})") from None
     if args.json:
@@ -163,8 +200,11 @@ def run(args) -> int:
         return 0
     print(f"weights: {weights.source}\ndata:    {dataset.source} ({len(labels)} test images)")
     clean_accuracy = result["accuracy_no_near_copies"]
-    print(f"loss {loss:.4f}  accuracy {accuracy:.4f}  accuracy on the {int(clean.sum())} images without a near-copy "
-          f"in the training set ({int(near.sum())} have one): " + ("-" if clean_accuracy is None else f"{clean_accuracy:.4f}"))
+    print(
+        f"loss {loss:.4f}  accuracy {accuracy:.4f}  accuracy on the {int(clean.sum())} images without a near-copy "
+        f"in the training set ({int(near.sum())} have one): "
+        + ("-" if clean_accuracy is None else f"{clean_accuracy:.4f}")
+    )
     print(f"\n{'class':>8s} {'precision':>10s} {'recall':>8s} {'support':>8s}")
     for name, scores in result["per_class"].items():
         fmt = lambda v: "   -" if v is None else f"{v:.3f}"  # noqa: E731
@@ -175,9 +215,11 @@ def run(args) -> int:
         print(f"{name:>5s} " + " ".join(f"{v:5d}" for v in row))
     c = calibration
     fitted = "" if weights.temperature != 1 else " (no fitted temperature: T = 1)"
-    print(f"\ncalibration: temperature {c['temperature']:.4g}{fitted}; expected calibration error ({ECE_BINS} bins) "
-          f"{c['ece_before']:.4f} before, {c['ece_after']:.4f} after; NLL {c['nll_before']:.4f} before, "
-          f"{c['nll_after']:.4f} after")
+    print(
+        f"\ncalibration: temperature {c['temperature']:.4g}{fitted}; expected calibration error ({ECE_BINS} bins) "
+        f"{c['ece_before']:.4f} before, {c['ece_after']:.4f} after; NLL {c['nll_before']:.4f} before, "
+        f"{c['nll_after']:.4f} after"
+    )
     print(f"\nconfusion matrix picture: {result['confusion_png']}\nreliability diagram: {result['reliability_png']}")
     return 0
 

@@ -11,6 +11,7 @@ The rule every tool follows for a path it writes (`check_write_target`), before 
 The file is then written to a temporary file in the same folder and renamed over the target
 (`atomic_write`, `atomic_path`), so a crash leaves the old file or the new one, never half of one.
 """
+
 import contextlib
 import os
 import tempfile
@@ -24,8 +25,10 @@ _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\0", b"MM\0*",
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 SNIFF_BYTES = 4096
 
-WRITE_RULE = ("An output path must not be an input, a directory or an existing file of another kind "
-              "(an image where a CSV was meant, say); it is written atomically.")
+WRITE_RULE = (
+    "An output path must not be an input, a directory or an existing file of another kind "
+    "(an image where a CSV was meant, say); it is written atomically."
+)
 
 
 def _head(path: Path) -> bytes:
@@ -88,8 +91,9 @@ def check_write_target(path, flag: str, kind: str, inputs: Iterable = ()) -> Pat
             raise UserError(f"{cannot}: it exists and is not a regular file")
         head = _head(path)
         if head and ((kind != "png" and is_image_file(path)) or not holds_kind(head)):
-            raise UserError(f"{cannot}: it exists and is not {replaceable}; not overwriting it "
-                            "(move it or choose another name)")
+            raise UserError(
+                f"{cannot}: it exists and is not {replaceable}; not overwriting it (move it or choose another name)"
+            )
     folder = path.parent
     if not folder.is_dir():
         raise UserError(f"{cannot}: folder {folder} does not exist")

@@ -11,6 +11,7 @@ about the same result. `scripts/compare_interpolation.py` measured lanczos close
 
 numpy and Pillow are imported inside the functions so that `--help` stays fast.
 """
+
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
@@ -69,8 +70,9 @@ def to_rgb(img):
     return img.convert("RGB")  # L, P, CMYK, YCbCr, LAB, HSV, 1
 
 
-def load_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPOLATION, exif: bool = True,
-               draft: bool = True) -> "np.ndarray":  # noqa: F821
+def load_image(
+    path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPOLATION, exif: bool = True, draft: bool = True
+) -> "np.ndarray":  # noqa: F821
     """`path` as float32 (H, W, 3) in [0, 1] at `size` = (height, width); ImageError if unusable.
 
     `draft`: let libjpeg decode a large JPEG at a reduced scale first (never for `nearest`, which
@@ -81,8 +83,13 @@ def load_image(path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPO
     return decode_image(path, size, interpolation, exif, draft).astype(np.float32) / 255.0
 
 
-def decode_image(path, size: Optional[Tuple[int, int]], interpolation: str = DEFAULT_INTERPOLATION, exif: bool = True,
-                 draft: bool = True) -> "np.ndarray":  # noqa: F821
+def decode_image(
+    path,
+    size: Optional[Tuple[int, int]],
+    interpolation: str = DEFAULT_INTERPOLATION,
+    exif: bool = True,
+    draft: bool = True,
+) -> "np.ndarray":  # noqa: F821
     """`path` as uint8 RGB (H, W, 3) at `size` = (height, width), or as it is (after EXIF rotation) for
     `size=None`; ImageError (naming the file) if unusable.
 
@@ -111,8 +118,10 @@ def decode_image(path, size: Optional[Tuple[int, int]], interpolation: str = DEF
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {img.width}x{img.height} pixels exceeds the {MAX_PIXELS:,}-pixel "
-                                     "limit (decompression bomb?)")
+                    raise ImageError(
+                        f"{path}: {img.width}x{img.height} pixels exceeds the {MAX_PIXELS:,}-pixel "
+                        "limit (decompression bomb?)"
+                    )
                 if draft and target and interpolation != "nearest" and img.format == "JPEG":
                     # Square request: both sides stay >= the target even after an EXIF 90-degree turn.
                     side = DRAFT_FACTOR * max(target)

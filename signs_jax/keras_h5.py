@@ -10,6 +10,7 @@ Layouts read:
 - Keras 2 weights only (`model.save_weights("x.h5")`): layer groups at the file root.
 - Keras 3 legacy `.h5`: as Keras 2 but weight names without the `:0` suffix.
 """
+
 import json
 import re
 from pathlib import Path
@@ -51,10 +52,10 @@ def keras_layer_table(stage_sizes: Sequence[int], num_classes: int) -> List[Kera
             name = block_name(stage, block)  # 'res2a'
             suffix = name[3:]  # '2a'
 
-            def conv(branch):
+            def conv(branch, suffix=suffix, name=name):
                 return KerasLayer(f"res{suffix}_branch{branch}", CONV_WEIGHTS, (name, f"branch{branch}"))
 
-            def norm(branch):
+            def norm(branch, suffix=suffix, name=name):
                 return KerasLayer(f"bn{suffix}_branch{branch}", BN_WEIGHTS, (name, f"bn_branch{branch}"))
 
             table += [conv("2a"), norm("2a"), conv("2b"), norm("2b"), conv("2c")]
@@ -340,9 +341,12 @@ def build_parser():
         "as a Keras 2 weights file (model.load_weights reads it).",
     )
     parser.add_argument("file", help="Keras .h5: full model, weights only, or Keras 3 legacy")
-    parser.add_argument("--export", metavar="OUT.h5",
-                        help="write the loaded weights as a Keras 2 weights file; OUT.h5 must not be FILE, a directory "
-                        "or an existing file other than an HDF5 file, and is replaced atomically")
+    parser.add_argument(
+        "--export",
+        metavar="OUT.h5",
+        help="write the loaded weights as a Keras 2 weights file; OUT.h5 must not be FILE, a directory "
+        "or an existing file other than an HDF5 file, and is replaced atomically",
+    )
     return parser
 
 

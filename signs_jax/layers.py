@@ -5,6 +5,7 @@ Every convolution implementation here takes the arguments of `flax.linen.Conv` t
 parameters, `kernel` (kh, kw, in, out) and `bias` (out,), so the param tree never depends on which
 one computes the result.
 """
+
 import functools
 from typing import Any, Tuple
 
@@ -104,7 +105,9 @@ class BatchNorm(nn.Module):
                 moving_var.value = m * moving_var.value + (1.0 - m) * unbiased
             return y.astype(self.dtype)
 
-        return normalize(x32, mean, var, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon).astype(self.dtype)
+        return normalize(x32, mean, var, scale.astype(stat_dtype), bias.astype(stat_dtype), self.epsilon).astype(
+            self.dtype
+        )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))

@@ -1,4 +1,5 @@
 """Host-side loops over a data set around the jitted steps of `steps.py`: evaluation and precise BatchNorm."""
+
 from typing import Any, Dict, Tuple
 
 import jax
@@ -13,8 +14,8 @@ def evaluate(eval_step, variables, split, batch_size: int, dp=None) -> Tuple[flo
     loss, correct, probs = 0.0, 0, []
     for images, labels, mask in eval_batches(split, batch_size):
         batch = (images, labels, mask) if dp is None else dp.shard(images, labels, mask)
-        l, c, p = eval_step(variables, *batch)
-        loss, correct = loss + l, correct + c
+        batch_loss, batch_correct, p = eval_step(variables, *batch)
+        loss, correct = loss + batch_loss, correct + batch_correct
         probs.append(p[: int(mask.sum())])
     n = len(split.labels)
     return float(loss) / n, int(correct) / n, np.concatenate([np.asarray(p) for p in probs])

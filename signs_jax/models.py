@@ -5,6 +5,7 @@ the convolution and BatchNorm layers reach the blocks as arguments, as in the Fl
 Submodules carry Keras's names (`conv1`, `bn_conv1`, `res2a/branch2a`, `res2a/bn_branch2a`, `fc`), so
 `signs_jax.keras_h5` maps weights by name.
 """
+
 import functools
 import string
 from typing import Any, Optional, Sequence, Tuple

@@ -5,13 +5,17 @@ statistics are replicated. Because the train step is one jit over global arrays,
 BatchNorm batch statistics and the gradients over the global batch (synchronous BatchNorm, all-reduced
 gradients) with no code of ours. One device is the same code path with a mesh of one.
 """
+
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
 from .errors import UserError
+
+if TYPE_CHECKING:  # jax is imported only once the process is set up (see train.main)
+    import jax
 
 ENV_COORDINATOR = "SIGNS_JAX_COORDINATOR"
 ENV_NUM_PROCESSES = "SIGNS_JAX_NUM_PROCESSES"
@@ -31,8 +35,10 @@ def initialize_distributed(coordinator: Optional[str], num_processes: Optional[i
     num_processes = num_processes if num_processes is not None else int(os.environ.get(ENV_NUM_PROCESSES, "0") or 0)
     process_id = process_id if process_id is not None else int(os.environ.get(ENV_PROCESS_ID, "-1"))
     if num_processes < 1 or not 0 <= process_id < num_processes:
-        raise UserError(f"--coordinator {coordinator}: needs --num-processes N and --process-id 0..N-1 "
-                        f"(got {num_processes} and {process_id})")
+        raise UserError(
+            f"--coordinator {coordinator}: needs --num-processes N and --process-id 0..N-1 "
+            f"(got {num_processes} and {process_id})"
+        )
     import jax
 
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
@@ -84,7 +90,10 @@ class DataParallel:
 
     def check_batch_size(self, batch_size: int, what: str = "batch size") -> None:
         if batch_size % self.num_devices:
-            raise UserError(f"{what} {batch_size} does not divide by the {self.num_devices} devices; choose a multiple of {self.num_devices}")
+            raise UserError(
+                f"{what} {batch_size} does not divide by the {self.num_devices} devices; "
+                f"choose a multiple of {self.num_devices}"
+            )
 
     def shard(self, *global_arrays):
         """Global host batches -> global device arrays; each process transfers only the rows its devices hold."""
@@ -104,4 +113,6 @@ class DataParallel:
 
         if self.process_count == 1:
             return jax.device_put(tree, self.replicated)
-        return jax.tree_util.tree_map(lambda x: jax.make_array_from_callback(np.shape(x), self.replicated, lambda idx: np.asarray(x)[idx]), tree)
+        return jax.tree_util.tree_map(
+            lambda x: jax.make_array_from_callback(np.shape(x), self.replicated, lambda idx: np.asarray(x)[idx]), tree
+        )

@@ -1,4 +1,5 @@
 """Training curves as a PNG (matplotlib, drawn off-screen)."""
+
 from pathlib import Path
 from typing import Dict, List
 

@@ -2,6 +2,7 @@
 
 Nothing heavy is imported before the arguments are parsed: `--help` and argument errors never load JAX.
 """
+
 import argparse
 import csv
 import functools
@@ -29,24 +30,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders (searched recursively)")
     p.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
-    p.add_argument("--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)")
-    p.add_argument("--interpolation", choices=INTERPOLATIONS, default=DEFAULT_INTERPOLATION,
-                   help="resize filter (default: %(default)s; 'nearest' is what Keras load_img uses; 'box' = 'area')")
-    p.add_argument("--ignore-exif", action="store_true", help="do not rotate by the EXIF orientation (as Keras load_img)")
-    p.add_argument("--json", action="store_true",
-                   help="one JSON object per image: path, class, confidence, uncertain, raw_confidence, "
-                   "probabilities")
-    p.add_argument("--csv", metavar="FILE", help="also write the rows to a CSV file (the original's Result.csv); "
-                   "see the rule below")
+    p.add_argument(
+        "--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)"
+    )
+    p.add_argument(
+        "--interpolation",
+        choices=INTERPOLATIONS,
+        default=DEFAULT_INTERPOLATION,
+        help="resize filter (default: %(default)s; 'nearest' is what Keras load_img uses; 'box' = 'area')",
+    )
+    p.add_argument(
+        "--ignore-exif", action="store_true", help="do not rotate by the EXIF orientation (as Keras load_img)"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per image: path, class, confidence, uncertain, raw_confidence, probabilities",
+    )
+    p.add_argument(
+        "--csv",
+        metavar="FILE",
+        help="also write the rows to a CSV file (the original's Result.csv); see the rule below",
+    )
     p.add_argument("--top-k", type=int, default=1, metavar="K", help="show the K most likely classes (default: 1)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, metavar="P",
-                   help="mark an answer uncertain when its uncalibrated confidence (max softmax of the raw logits) "
-                   "is below P (default: %(default)s, measured in docs/calibration.md; 0 marks nothing)")
-    p.add_argument("--adapt", action="store_true",
-                   help=f"re-estimate every BatchNorm layer's statistics on the photos given (no labels; at least "
-                   f"{MIN_PHOTOS} photos, all held in memory), then predict them with those")
-    p.add_argument("--batch-size", type=int, default=32,
-                   help=f"images per forward pass, 1..{MAX_BATCH_SIZE} (default: %(default)s)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        metavar="P",
+        help="mark an answer uncertain when its uncalibrated confidence (max softmax of the raw logits) "
+        "is below P (default: %(default)s, measured in docs/calibration.md; 0 marks nothing)",
+    )
+    p.add_argument(
+        "--adapt",
+        action="store_true",
+        help=f"re-estimate every BatchNorm layer's statistics on the photos given (no labels; at least "
+        f"{MIN_PHOTOS} photos, all held in memory), then predict them with those",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help=f"images per forward pass, 1..{MAX_BATCH_SIZE} (default: %(default)s)",
+    )
     return p
 
 
@@ -56,8 +82,9 @@ def fixed_batch_size(num_files: int, batch_size: int) -> int:
     return next((b for b in BATCH_BUCKETS if want <= b < batch_size), batch_size)
 
 
-def predict_files(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True, batch_size=32, on_error=None,
-                  progress=None):
+def predict_files(
+    weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True, batch_size=32, on_error=None, progress=None
+):
     """Yield (path, probabilities) for every readable file, in order: softmax(logits / T) with the weights'
     calibration temperature T (1 when they have none)."""
     from .calibration import softmax
@@ -66,8 +93,9 @@ def predict_files(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True
         yield path, softmax(logits, weights.temperature)
 
 
-def predict_logits(weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True, batch_size=32, on_error=None,
-                   progress=None):
+def predict_logits(
+    weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True, batch_size=32, on_error=None, progress=None
+):
     """Yield (path, logits) for every readable file, in order.
 
     Memory stays bounded whatever the number of files: images are decoded one batch at a time, every
@@ -206,15 +234,22 @@ def run(args) -> int:
         if args.adapt:
             results, adapted_on = _adapted_logits(weights, files, args, batch, report_error, bar)
         else:
-            results, adapted_on = predict_logits(weights, files, args.interpolation, not args.ignore_exif, batch,
-                                                 report_error, bar), None
+            results, adapted_on = (
+                predict_logits(weights, files, args.interpolation, not args.ignore_exif, batch, report_error, bar),
+                None,
+            )
         if not args.json:
-            print(f"# weights: {weights.source}; temperature {weights.temperature:.4g}"
-                  + ("" if weights.run_dir is None or weights.temperature != 1 else " (not fitted)")
-                  + f"; ? = uncertain (uncalibrated confidence below {args.threshold:g})"
-                  + (f"; BatchNorm adapted to these {adapted_on} photos" if adapted_on else ""))
-            print(f"{'path':{path_width}s} {'class':>{width}s} {'conf':>6s} {'raw':>6s} {'uncertain':>9s}  "
-                  + " ".join(f"p({n})".rjust(max(7, len(n) + 3)) for n in names) + ("  top-k" if k > 1 else ""))
+            print(
+                f"# weights: {weights.source}; temperature {weights.temperature:.4g}"
+                + ("" if weights.run_dir is None or weights.temperature != 1 else " (not fitted)")
+                + f"; ? = uncertain (uncalibrated confidence below {args.threshold:g})"
+                + (f"; BatchNorm adapted to these {adapted_on} photos" if adapted_on else "")
+            )
+            print(
+                f"{'path':{path_width}s} {'class':>{width}s} {'conf':>6s} {'raw':>6s} {'uncertain':>9s}  "
+                + " ".join(f"p({n})".rjust(max(7, len(n) + 3)) for n in names)
+                + ("  top-k" if k > 1 else "")
+            )
         for path, logits in results:
             probs = softmax(logits, weights.temperature)
             order = probs.argsort()[::-1]
@@ -222,8 +257,14 @@ def run(args) -> int:
             raw_confidence = float(uncertainty_score(logits))
             uncertain = raw_confidence < args.threshold
             if args.json:
-                record = {"path": str(path), "class": best, "confidence": confidence, "uncertain": uncertain,
-                          "raw_confidence": raw_confidence, "probabilities": [float(p) for p in probs]}
+                record = {
+                    "path": str(path),
+                    "class": best,
+                    "confidence": confidence,
+                    "uncertain": uncertain,
+                    "raw_confidence": raw_confidence,
+                    "probabilities": [float(p) for p in probs],
+                }
                 if k > 1:
                     record["top_k"] = [[names[i], float(probs[i])] for i in order[:k]]
                 print(json.dumps(record), flush=True)
@@ -231,11 +272,22 @@ def run(args) -> int:
                 top = "  " + ", ".join(f"{names[i]}:{probs[i]:.3f}" for i in order[:k]) if k > 1 else ""
                 cells = " ".join(f"{p:{max(7, len(n) + 3)}.4f}" for n, p in zip(names, probs))
                 shown = best + ("?" if uncertain else "")
-                bar.write(f"{str(path):{path_width}s} {shown:>{width}s} {confidence:6.3f} {raw_confidence:6.3f} "
-                          f"{'yes' if uncertain else 'no':>9s}  {cells}{top}", file=sys.stdout)
+                bar.write(
+                    f"{str(path):{path_width}s} {shown:>{width}s} {confidence:6.3f} {raw_confidence:6.3f} "
+                    f"{'yes' if uncertain else 'no':>9s}  {cells}{top}",
+                    file=sys.stdout,
+                )
             if csv_rows is not None:
-                csv_rows.append([str(path), best, f"{confidence:.6f}", *[f"{p:.6f}" for p in probs],
-                                 "yes" if uncertain else "no", f"{raw_confidence:.6f}"])
+                csv_rows.append(
+                    [
+                        str(path),
+                        best,
+                        f"{confidence:.6f}",
+                        *[f"{p:.6f}" for p in probs],
+                        "yes" if uncertain else "no",
+                        f"{raw_confidence:.6f}",
+                    ]
+                )
     if csv_rows is not None:  # only a finished run replaces an existing CSV
         _write_csv(args.csv, csv_rows)
     return 1 if failed else 0
@@ -245,8 +297,9 @@ def _adapted_logits(weights, files, args, batch_size, on_error, progress):
     """--adapt: every photo decoded, BatchNorm statistics re-estimated on all of them, then their logits."""
     from .adapt import adapt_batch_norm
 
-    paths, images = load_images(files, tuple(weights.model.input_shape[:2]), args.interpolation,
-                                not args.ignore_exif, on_error, progress)
+    paths, images = load_images(
+        files, tuple(weights.model.input_shape[:2]), args.interpolation, not args.ignore_exif, on_error, progress
+    )
     variables = adapt_batch_norm(weights.model, weights.variables, images)
     return zip(paths, logits_of(weights.model, variables, images, batch_size)), len(paths)
 

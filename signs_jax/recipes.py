@@ -1,4 +1,5 @@
 """Training recipes: every hyper-parameter of a run, in one place."""
+
 import dataclasses
 from typing import Optional
 

@@ -9,6 +9,7 @@ model's accuracy under every shift; `python -m signs_jax.shifts` does it for a t
 Random choices (a direction, an angle, a texture) are drawn per image from (seed, shift name) and do not
 depend on the severity, so a higher severity is the same change made stronger.
 """
+
 import argparse
 import io
 import sys
@@ -86,7 +87,7 @@ def _convolve(x: np.ndarray, kernels: np.ndarray) -> np.ndarray:
         for dx in range(k):
             weight = kernels[:, dy, dx]
             if np.any(weight):
-                out += weight[:, None, None, None] * padded[:, dy:dy + h, dx:dx + w]
+                out += weight[:, None, None, None] * padded[:, dy : dy + h, dx : dx + w]
     return out
 
 
@@ -104,8 +105,11 @@ def _warp(x: np.ndarray, matrices: np.ndarray, fill: np.ndarray, fade: float = 6
     for i in range(n):  # one image at a time: a supersampled grid of the whole batch would be hundreds of MB
         m = matrices[i]
         supersample = max(2, int(np.ceil(np.abs(m[:, :2]).sum(1).max())))
-        v, u = np.meshgrid((np.arange(h * supersample) + 0.5) / supersample - h / 2,
-                           (np.arange(w * supersample) + 0.5) / supersample - w / 2, indexing="ij")
+        v, u = np.meshgrid(
+            (np.arange(h * supersample) + 0.5) / supersample - h / 2,
+            (np.arange(w * supersample) + 0.5) / supersample - w / 2,
+            indexing="ij",
+        )
         sx = m[0, 0] * u + m[0, 1] * v + m[0, 2] + w / 2 - 0.5
         sy = m[1, 0] * u + m[1, 1] * v + m[1, 2] + h / 2 - 0.5
         beyond = np.hypot(np.maximum(np.maximum(-sx, sx - (w - 1)), 0), np.maximum(-sy, 0))
@@ -131,8 +135,9 @@ def _per_image_pil(x: np.ndarray, fn) -> np.ndarray:
 def _background_colour(x: np.ndarray) -> np.ndarray:
     """(N, 3): the median colour of the top, left and right borders (the arm enters at the bottom)."""
     n = len(x)
-    border = np.concatenate([x[:, :2].reshape(n, -1, 3), x[:, :, :2].reshape(n, -1, 3),
-                             x[:, :, -2:].reshape(n, -1, 3)], 1)
+    border = np.concatenate(
+        [x[:, :2].reshape(n, -1, 3), x[:, :, :2].reshape(n, -1, 3), x[:, :, -2:].reshape(n, -1, 3)], 1
+    )
     return np.median(border, 1)
 
 
@@ -172,7 +177,7 @@ def uneven_light(x, strength, rng):
     y, xx = _grid(h, w)
     angle = rng.uniform(0, 2 * np.pi, n)[:, None, None]
     slope = np.cos(angle) * xx + np.sin(angle) * y  # a light from one side
-    vignette = 1 - 0.6 * strength * (xx ** 2 + y ** 2) / 2  # and darker corners, as cheap lenses have
+    vignette = 1 - 0.6 * strength * (xx**2 + y**2) / 2  # and darker corners, as cheap lenses have
     gain = np.maximum((1 + 0.7 * strength * slope) * vignette, 0.05)
     return _from_linear(_to_linear(x) * gain[..., None])
 
@@ -222,7 +227,7 @@ def jpeg(x, quality, rng):
 
 def defocus_blur(x, radius, rng):
     r = int(np.ceil(radius + 0.5))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     disk = np.clip(radius + 0.5 - np.hypot(yy, xx), 0, 1).astype(np.float32)
     return _convolve(x, disk / disk.sum())
 
@@ -230,7 +235,7 @@ def defocus_blur(x, radius, rng):
 def motion_blur(x, length, rng):
     n = len(x)
     r = int(np.ceil(length / 2)) + 1
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1].astype(np.float32)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1].astype(np.float32)
     angle = rng.uniform(0, np.pi, n)[:, None, None]
     along = xx * np.cos(angle) + yy * np.sin(angle)
     across = -xx * np.sin(angle) + yy * np.cos(angle)
@@ -258,8 +263,11 @@ def scale_in(x, fraction, rng):
     centre_x = (mask * xx).sum((1, 2)) / weight * w / 2
     centre_y = (mask * y).sum((1, 2)) / weight * h / 2
     room_x, room_y = (1 - fraction) * w / 2, (1 - fraction) * h / 2  # the crop stays inside the photo
-    return _warp(x, _affine(n, fraction, fraction, 0, np.clip(centre_x, -room_x, room_x),
-                            np.clip(centre_y, -room_y, room_y)), _background_colour(x))
+    return _warp(
+        x,
+        _affine(n, fraction, fraction, 0, np.clip(centre_x, -room_x, room_x), np.clip(centre_y, -room_y, room_y)),
+        _background_colour(x),
+    )
 
 
 def scale_out(x, size, rng):
@@ -294,8 +302,9 @@ def low_resolution(x, pixels, rng):
     from PIL import Image
 
     h, w = x.shape[1:3]
-    return _per_image_pil(x, lambda img: img.resize((int(pixels), int(pixels)), Image.BOX)
-                          .resize((w, h), Image.BILINEAR))
+    return _per_image_pil(
+        x, lambda img: img.resize((int(pixels), int(pixels)), Image.BOX).resize((w, h), Image.BILINEAR)
+    )
 
 
 def background(x, opacity, rng):
@@ -317,34 +326,57 @@ def greyscale(x, amount, rng):
 
 
 SHIFTS: dict[str, Shift] = {
-    "exposure": Shift(exposure, (0.3, 0.6, 1.0, 1.5, 2.0), True,
-                      "brighter or darker (per image) by 0.3 .. 2 stops"),
-    "uneven_light": Shift(uneven_light, (0.2, 0.4, 0.6, 0.8, 1.0), True,
-                          "light from one side (random direction) and darker corners"),
-    "white_balance": Shift(white_balance, (0.1, 0.2, 0.35, 0.5, 0.7), True,
-                           "colour cast: warm, cool, green or magenta (random mix)"),
-    "saturation": Shift(saturation, (0.2, 0.4, 0.6, 0.8, 1.0), True,
-                        "colours stronger (x1.3 .. x2.5) or weaker (x0.86 .. x0.3), per image"),
-    "skin_tone": Shift(skin_tone, (0.2, 0.4, 0.6, 0.8, 1.0), True,
-                       "the hand only: darker (x0.88 .. x0.4) or lighter skin, hue turned by 1.6 .. 8 degrees"),
-    "sensor_noise": Shift(sensor_noise, (3, 6, 10, 16, 24), True,
-                          "Gaussian noise per pixel and channel, sigma 3 .. 24 (of 255)"),
+    "exposure": Shift(exposure, (0.3, 0.6, 1.0, 1.5, 2.0), True, "brighter or darker (per image) by 0.3 .. 2 stops"),
+    "uneven_light": Shift(
+        uneven_light, (0.2, 0.4, 0.6, 0.8, 1.0), True, "light from one side (random direction) and darker corners"
+    ),
+    "white_balance": Shift(
+        white_balance, (0.1, 0.2, 0.35, 0.5, 0.7), True, "colour cast: warm, cool, green or magenta (random mix)"
+    ),
+    "saturation": Shift(
+        saturation,
+        (0.2, 0.4, 0.6, 0.8, 1.0),
+        True,
+        "colours stronger (x1.3 .. x2.5) or weaker (x0.86 .. x0.3), per image",
+    ),
+    "skin_tone": Shift(
+        skin_tone,
+        (0.2, 0.4, 0.6, 0.8, 1.0),
+        True,
+        "the hand only: darker (x0.88 .. x0.4) or lighter skin, hue turned by 1.6 .. 8 degrees",
+    ),
+    "sensor_noise": Shift(
+        sensor_noise, (3, 6, 10, 16, 24), True, "Gaussian noise per pixel and channel, sigma 3 .. 24 (of 255)"
+    ),
     "jpeg": Shift(jpeg, (75, 50, 30, 18, 10), False, "JPEG recompression at quality 75 .. 10"),
     "defocus_blur": Shift(defocus_blur, (0.75, 1.25, 1.75, 2.5, 3.5), False, "disk blur, radius 0.75 .. 3.5 px"),
     "motion_blur": Shift(motion_blur, (3, 5, 7, 10, 14), True, "a 3 .. 14 px streak at a random angle"),
-    "scale_in": Shift(scale_in, (0.88, 0.76, 0.65, 0.55, 0.45), False,
-                      "zoomed in on the hand: the crop keeps 88% .. 45% of the side"),
-    "scale_out": Shift(scale_out, (0.85, 0.72, 0.6, 0.5, 0.4), True,
-                       "the photo shrunk to 85% .. 40% of the side, edges extended around it"),
-    "translation": Shift(translation, (0.05, 0.1, 0.16, 0.23, 0.3), True,
-                         "moved 5% .. 30% of the side in a random direction"),
+    "scale_in": Shift(
+        scale_in, (0.88, 0.76, 0.65, 0.55, 0.45), False, "zoomed in on the hand: the crop keeps 88% .. 45% of the side"
+    ),
+    "scale_out": Shift(
+        scale_out,
+        (0.85, 0.72, 0.6, 0.5, 0.4),
+        True,
+        "the photo shrunk to 85% .. 40% of the side, edges extended around it",
+    ),
+    "translation": Shift(
+        translation, (0.05, 0.1, 0.16, 0.23, 0.3), True, "moved 5% .. 30% of the side in a random direction"
+    ),
     "rotation": Shift(rotation, (6, 12, 20, 30, 45), True, "tilted by 6 .. 45 degrees, either way"),
-    "aspect_ratio": Shift(aspect_ratio, (1.15, 4 / 3, 1.5, 16 / 9, 2.0), True,
-                          "a 1.15:1 .. 2:1 (4:3, 16:9) landscape or portrait frame squashed to a square"),
-    "low_resolution": Shift(low_resolution, (40, 32, 24, 16, 12), False,
-                            "taken at 40 .. 12 px and enlarged back"),
-    "background": Shift(background, (0.25, 0.45, 0.65, 0.85, 1.0), True,
-                        "the plain background blended 25% .. 100% into a random texture or clutter"),
+    "aspect_ratio": Shift(
+        aspect_ratio,
+        (1.15, 4 / 3, 1.5, 16 / 9, 2.0),
+        True,
+        "a 1.15:1 .. 2:1 (4:3, 16:9) landscape or portrait frame squashed to a square",
+    ),
+    "low_resolution": Shift(low_resolution, (40, 32, 24, 16, 12), False, "taken at 40 .. 12 px and enlarged back"),
+    "background": Shift(
+        background,
+        (0.25, 0.45, 0.65, 0.85, 1.0),
+        True,
+        "the plain background blended 25% .. 100% into a random texture or clutter",
+    ),
     "greyscale": Shift(greyscale, (0.2, 0.4, 0.6, 0.8, 1.0), False, "colour removed, 20% .. 100%"),
 }
 
@@ -365,9 +397,14 @@ def apply_shift(name: str, images: np.ndarray, severity: int, seed: int = 0) -> 
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def run_shift_benchmark(predict_fn: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray,
-                        seed: int = 0, shifts: Sequence[str] | None = None,
-                        severities: Sequence[int] = SEVERITIES) -> dict:
+def run_shift_benchmark(
+    predict_fn: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    labels: np.ndarray,
+    seed: int = 0,
+    shifts: Sequence[str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+) -> dict:
     """Accuracy of `predict_fn` (uint8 images -> class probabilities) on `images`, clean and under each shift.
 
     Returns {shift: {severity: accuracy}, "clean": accuracy, "mean_shift_accuracy": the mean over every
@@ -394,23 +431,41 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m signs_jax.shifts",
         description="Accuracy on the SIGNS test set under the changes other people's photos bring (lighting, "
         "colour, blur, framing, background, ...), each at severities 1 (mild) to 5 (strong). Shifts: "
-        + ", ".join(SHIFTS) + ".",
+        + ", ".join(SHIFTS)
+        + ".",
     )
     p.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
-    p.add_argument("--workdir", default=str(config.DEFAULT_WORKDIR),
-                   help="where to look for runs (default: %(default)s)")
+    p.add_argument(
+        "--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)"
+    )
     p.add_argument("--data-dir", help=cli.DATA_DIR_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the random choices in the shifts (default: 0)")
     p.add_argument("--only", metavar="A,B", help="only these shifts, comma-separated")
-    p.add_argument("--example-index", type=int, default=0, metavar="I",
-                   help="the test image shown in the examples picture (default: 0)")
-    p.add_argument("--examples-png", metavar="PATH",
-                   help="one test image under every shift at severities 0..5 (default: shift_examples.png in the "
-                   "run directory, or in the current directory for a Keras .h5)")
-    p.add_argument("--examples-scale", type=int, default=2, metavar="K",
-                   help="enlarge the example tiles K times, nearest neighbour (default: %(default)s)")
-    p.add_argument("--curves-png", metavar="PATH",
-                   help="accuracy against severity (default: shift_curves.png next to the examples)")
+    p.add_argument(
+        "--example-index",
+        type=int,
+        default=0,
+        metavar="I",
+        help="the test image shown in the examples picture (default: 0)",
+    )
+    p.add_argument(
+        "--examples-png",
+        metavar="PATH",
+        help="one test image under every shift at severities 0..5 (default: shift_examples.png in the "
+        "run directory, or in the current directory for a Keras .h5)",
+    )
+    p.add_argument(
+        "--examples-scale",
+        type=int,
+        default=2,
+        metavar="K",
+        help="enlarge the example tiles K times, nearest neighbour (default: %(default)s)",
+    )
+    p.add_argument(
+        "--curves-png",
+        metavar="PATH",
+        help="accuracy against severity (default: shift_curves.png next to the examples)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
     return p
 
@@ -470,10 +525,21 @@ def plot_curves(result: dict, names: Sequence[str], path: Path) -> Path:
     colours = plt.get_cmap("tab20")
     for i, name in enumerate(names):
         severities = [0, *result[name]]
-        ax.plot(severities, [result["clean"], *result[name].values()], marker="os^D"[i % 4],
-                linestyle="-" if i < 10 else "--", color=colours(i % 20), label=name)
-    ax.set(xlabel="severity (0 = clean)", ylabel="accuracy", ylim=(0, 1.02), xticks=range(6),
-           title=f"accuracy under shifts (mean over shifts and severities {result['mean_shift_accuracy']:.3f})")
+        ax.plot(
+            severities,
+            [result["clean"], *result[name].values()],
+            marker="os^D"[i % 4],
+            linestyle="-" if i < 10 else "--",
+            color=colours(i % 20),
+            label=name,
+        )
+    ax.set(
+        xlabel="severity (0 = clean)",
+        ylabel="accuracy",
+        ylim=(0, 1.02),
+        xticks=range(6),
+        title=f"accuracy under shifts (mean over shifts and severities {result['mean_shift_accuracy']:.3f})",
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
@@ -522,8 +588,9 @@ def run(args) -> int:
     if dataset.num_classes != model.num_classes:
         raise UserError(f"{data_dir}: {dataset.num_classes} classes, but the model has {model.num_classes}")
     if tuple(test.images.shape[1:]) != tuple(model.input_shape):
-        raise UserError(f"{data_dir}: images are {tuple(test.images.shape[1:])}, the model expects "
-                        f"{tuple(model.input_shape)}")
+        raise UserError(
+            f"{data_dir}: images are {tuple(test.images.shape[1:])}, the model expects {tuple(model.input_shape)}"
+        )
     if not 0 <= args.example_index < len(test.labels):
         raise UserError(f"--example-index must be 0..{len(test.labels) - 1}")
     predict = make_predict_fn(model, weights.variables, min(120, len(test.labels)))
@@ -535,11 +602,21 @@ def run(args) -> int:
     _write_picture(examples_png, lambda p: plot_examples(example, names, args.seed, p, args.examples_scale))
     _write_picture(curves_png, lambda p: plot_curves(result, names, p))
     if args.json:
-        print(json.dumps({"weights": weights.source, "data": dataset.source, "examples": len(test.labels),
-                          "seed": args.seed, "clean": result["clean"],
-                          "mean_shift_accuracy": result["mean_shift_accuracy"],
-                          "shifts": {name: result[name] for name in names},
-                          "examples_png": str(examples_png), "curves_png": str(curves_png)}))
+        print(
+            json.dumps(
+                {
+                    "weights": weights.source,
+                    "data": dataset.source,
+                    "examples": len(test.labels),
+                    "seed": args.seed,
+                    "clean": result["clean"],
+                    "mean_shift_accuracy": result["mean_shift_accuracy"],
+                    "shifts": {name: result[name] for name in names},
+                    "examples_png": str(examples_png),
+                    "curves_png": str(curves_png),
+                }
+            )
+        )
         return 0
     print(f"weights: {weights.source}\ndata:    {dataset.source} ({len(test.labels)} test images), seed {args.seed}\n")
     print(format_table(result, names))

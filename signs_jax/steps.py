@@ -1,5 +1,6 @@
 """Pure training, evaluation and BatchNorm-statistics steps, one jit-compiled function each (loops.py runs them
 over a data set)."""
+
 import functools
 from typing import Any, Callable, Dict, Optional
 
@@ -51,7 +52,8 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> optax.GradientTransf
         tx = optax.adamw(lr, eps=recipe.adam_eps, weight_decay=recipe.weight_decay, mask=kernels_only)
     elif recipe.optimizer == "sgd":
         tx = optax.chain(
-            optax.add_decayed_weights(recipe.weight_decay, mask=kernels_only), optax.sgd(lr, momentum=0.9, nesterov=True)
+            optax.add_decayed_weights(recipe.weight_decay, mask=kernels_only),
+            optax.sgd(lr, momentum=0.9, nesterov=True),
         )
     else:
         raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
@@ -91,12 +93,17 @@ def l2_penalty(params, weight: float):
 
 
 def _cross_entropy(logits, labels, num_classes: int, smoothing: float):
-    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing) if smoothing else jax.nn.one_hot(labels, num_classes)
+    targets = (
+        optax.smooth_labels(jax.nn.one_hot(labels, num_classes), smoothing)
+        if smoothing
+        else jax.nn.one_hot(labels, num_classes)
+    )
     return optax.softmax_cross_entropy(logits, targets)
 
 
-def make_train_step(model, tx: optax.GradientTransformation, recipe: Recipe, dp=None,
-                    donate: Optional[bool] = None) -> Callable:
+def make_train_step(
+    model, tx: optax.GradientTransformation, recipe: Recipe, dp=None, donate: Optional[bool] = None
+) -> Callable:
     """`(state, images uint8, labels) -> (state, metrics)`, jit-compiled.
 
     With a `DataParallel` the batch arrives sharded over its mesh and everything else is replicated.
@@ -139,8 +146,12 @@ def make_train_step(model, tx: optax.GradientTransformation, recipe: Recipe, dp=
             "finite": jnp.isfinite(loss),
         }
         new_state = state.replace(
-            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
-            ema_params=ema_params, ema_batch_stats=ema_batch_stats,
+            step=state.step + 1,
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+            ema_params=ema_params,
+            ema_batch_stats=ema_batch_stats,
         )
         return new_state, metrics
 

@@ -3,16 +3,30 @@
 They stand in for what is behind a hand in other people's photos: walls, desks, clothes, rooms.
 Nothing is downloaded; every texture is a function of a numpy Generator.
 """
+
 from collections.abc import Callable
 
 import numpy as np
 
 # Base colours real backgrounds often have (0-255 RGB): white and grey walls, beige, wood, dark cloth,
 # blue and green paint, a red sofa. Each texture picks its colours near these.
-PALETTE = np.array([
-    (235, 235, 230), (150, 150, 150), (60, 60, 65), (215, 195, 160), (150, 100, 60), (95, 60, 35),
-    (40, 50, 90), (90, 130, 180), (70, 110, 70), (160, 45, 40), (200, 200, 120), (25, 25, 25),
-], np.float32)
+PALETTE = np.array(
+    [
+        (235, 235, 230),
+        (150, 150, 150),
+        (60, 60, 65),
+        (215, 195, 160),
+        (150, 100, 60),
+        (95, 60, 35),
+        (40, 50, 90),
+        (90, 130, 180),
+        (70, 110, 70),
+        (160, 45, 40),
+        (200, 200, 120),
+        (25, 25, 25),
+    ],
+    np.float32,
+)
 
 
 def _colour(rng: np.random.Generator) -> np.ndarray:
@@ -36,7 +50,7 @@ def value_noise(rng: np.random.Generator, size: tuple[int, int], cells: int) -> 
 
 def fractal_noise(rng: np.random.Generator, size: tuple[int, int], octaves: int = 4) -> np.ndarray:
     """Value noise summed over octaves (each twice as fine, half as strong), in [0, 1]."""
-    total = sum(value_noise(rng, size, 2 ** (k + 1)) * 0.5 ** k for k in range(octaves))
+    total = sum(value_noise(rng, size, 2 ** (k + 1)) * 0.5**k for k in range(octaves))
     total -= total.min()
     return total / max(float(total.max()), 1e-6)
 
@@ -106,7 +120,12 @@ def fabric(rng, size):
 
 
 TEXTURES: dict[str, Callable[[np.random.Generator, tuple[int, int]], np.ndarray]] = {
-    "noise": noise, "gradient": gradient, "stripes": stripes, "clutter": clutter, "wood": wood, "fabric": fabric,
+    "noise": noise,
+    "gradient": gradient,
+    "stripes": stripes,
+    "clutter": clutter,
+    "wood": wood,
+    "fabric": fabric,
 }
 
 

@@ -4,6 +4,7 @@ The loop is plain Python around one jit-compiled train step; batches come from a
 depends only on (seed, epoch), and the step's randomness only on (seed, step), so a run resumed from
 any checkpoint — mid-epoch included — continues with exactly the batches and numbers it would have had.
 """
+
 import argparse
 import csv
 import dataclasses
@@ -29,35 +30,55 @@ def build_parser() -> argparse.ArgumentParser:
         "may pick) once it holds its first checkpoint; a start that fails before that removes the directory it "
         "made, and `--run NAME` may start an incomplete one again. A process training a run locks it.",
     )
-    p.add_argument("--recipe", choices=sorted(RECIPES),
-                   help=f"hyper-parameter set (default: {FINETUNE_RECIPE} with --init-from, else {DEFAULT_RECIPE})")
+    p.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help=f"hyper-parameter set (default: {FINETUNE_RECIPE} with --init-from, else {DEFAULT_RECIPE})",
+    )
     p.add_argument("--epochs", type=int, help="number of epochs (default: the recipe's)")
     p.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's)")
     p.add_argument("--seed", type=int, default=0, help="seed for init, batch order and augmentation (default: 0)")
     p.add_argument("--data-dir", help=cli.DATA_DIR_HELP + "; a resumed run reads the data it was trained on")
-    p.add_argument("--val-fraction", type=float,
-                   help="hold out this stratified fraction of train for validation (default: the recipe's; "
-                   f"{FINETUNE_RECIPE}: {RECIPES[FINETUNE_RECIPE].val_fraction:g}, at least one image of each class "
-                   "that has two)")
-    p.add_argument("--workdir", default=str(config.DEFAULT_WORKDIR), help="where runs are written (default: %(default)s)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help="hold out this stratified fraction of train for validation (default: the recipe's; "
+        f"{FINETUNE_RECIPE}: {RECIPES[FINETUNE_RECIPE].val_fraction:g}, at least one image of each class "
+        "that has two)",
+    )
+    p.add_argument(
+        "--workdir", default=str(config.DEFAULT_WORKDIR), help="where runs are written (default: %(default)s)"
+    )
     p.add_argument("--run", help="run name (default: <recipe>-seed<seed>-<time>); with --resume: the run to continue")
     p.add_argument("--resume", action="store_true", help="continue the newest run in --workdir (or --run)")
-    p.add_argument("--init-from", metavar="PATH",
-                   help="fine-tune: start from a Keras .h5, a run directory or a work directory (its newest run), "
-                   "as predict's --weights; the input size is the starting model's unless --image-size is given, the "
-                   "head is replaced when the class count differs, and the starting weights are kept when fine-tuning "
-                   "does not improve on them on the held-out images")
-    p.add_argument("--width", type=float,
-                   help="filter-count multiplier (default: the --init-from model's, else 1, the original)")
+    p.add_argument(
+        "--init-from",
+        metavar="PATH",
+        help="fine-tune: start from a Keras .h5, a run directory or a work directory (its newest run), "
+        "as predict's --weights; the input size is the starting model's unless --image-size is given, the "
+        "head is replaced when the class count differs, and the starting weights are kept when fine-tuning "
+        "does not improve on them on the held-out images",
+    )
+    p.add_argument(
+        "--width", type=float, help="filter-count multiplier (default: the --init-from model's, else 1, the original)"
+    )
     p.add_argument("--stage-sizes", help="blocks per stage (default: the --init-from model's, else 3,4,6,3, ResNet50)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize image-folder data to H W")
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay float32)")
-    p.add_argument("--conv", default=None, help="convolution implementation, xla or matmul (default: matmul on CPU, "
-                   "xla on GPU/TPU, chosen again wherever the run is resumed or its weights are used)")
+    p.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32", help="compute dtype (params stay float32)"
+    )
+    p.add_argument(
+        "--conv",
+        default=None,
+        help="convolution implementation, xla or matmul (default: matmul on CPU, "
+        "xla on GPU/TPU, chosen again wherever the run is resumed or its weights are used)",
+    )
     p.add_argument("--eval-batch-size", type=int, default=120, help="images per evaluation pass (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch only)")
-    dist = p.add_argument_group("multi-process training (jax.distributed; or SIGNS_JAX_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)")
+    dist = p.add_argument_group(
+        "multi-process training (jax.distributed; or SIGNS_JAX_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)"
+    )
     dist.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
     dist.add_argument("--num-processes", type=int, help="number of processes in the run")
     dist.add_argument("--process-id", type=int, help="this process's index, 0..N-1")
@@ -110,20 +131,26 @@ def validate_args(args) -> None:
     if args.width is not None and (not (_finite(args.width) and args.width > 0) or args.width > MAX_WIDTH):
         raise UserError(f"--width {args.width}: must be above 0 and at most {MAX_WIDTH:g}")
     if args.width is not None and round(config.RESNET50_STEM_FILTERS * args.width) < 1:
-        raise UserError(f"--width {args.width}: leaves the first convolution without a filter "
-                        f"(at least {0.5 / config.RESNET50_STEM_FILTERS:g})")
+        raise UserError(
+            f"--width {args.width}: leaves the first convolution without a filter "
+            f"(at least {0.5 / config.RESNET50_STEM_FILTERS:g})"
+        )
     if args.stage_sizes is not None:
         _stage_sizes(args.stage_sizes)
     if args.image_size and not all(MIN_IMAGE_SIDE <= side <= MAX_IMAGE_SIDE for side in args.image_size):
-        raise UserError(f"--image-size {' '.join(map(str, args.image_size))}: each side must be between "
-                        f"{MIN_IMAGE_SIDE} (the model's smallest input) and {MAX_IMAGE_SIDE}")
+        raise UserError(
+            f"--image-size {' '.join(map(str, args.image_size))}: each side must be between "
+            f"{MIN_IMAGE_SIDE} (the model's smallest input) and {MAX_IMAGE_SIDE}"
+        )
     if args.num_processes is not None and args.num_processes < 1:
         raise UserError(f"--num-processes {args.num_processes}: must be at least 1")
     if args.process_id is not None and not 0 <= args.process_id < (args.num_processes or args.process_id + 1):
         raise UserError(f"--process-id {args.process_id}: must be between 0 and --num-processes - 1")
     if args.init_from and not Path(args.init_from).exists():
-        raise UserError(f"{args.init_from}: no such file or directory "
-                        "(--init-from takes a Keras .h5, a run directory or a work directory)")
+        raise UserError(
+            f"{args.init_from}: no such file or directory "
+            "(--init-from takes a Keras .h5, a run directory or a work directory)"
+        )
     if args.run is not None and (not args.run or args.run in (".", "..") or "/" in args.run or "\0" in args.run):
         raise UserError(f"--run {args.run!r}: a run name is one folder name (no '/')")
 
@@ -150,15 +177,18 @@ def _check_against_data(cfg: Dict[str, Any], recipe: Recipe, dataset) -> None:
 
     height, width = dataset.image_shape[:2]
     if min(height, width) < MIN_IMAGE_SIDE:
-        raise UserError(f"{dataset.source}: images of {height}x{width} are smaller than the model's smallest input "
-                        f"({MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}); pass --image-size")
+        raise UserError(
+            f"{dataset.source}: images of {height}x{width} are smaller than the model's smallest input "
+            f"({MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}); pass --image-size"
+        )
     per_class = np.bincount(dataset.train.labels, minlength=dataset.num_classes)
     if cfg["val_fraction"] > 0 and per_class.min() == 0:
         empty = dataset.class_names[int(per_class.argmin())]
         raise UserError(f"--val-fraction {cfg['val_fraction']}: leaves class {empty} without a training image")
     if recipe.batch_size > len(dataset.train.labels):
-        raise UserError(f"--batch-size {recipe.batch_size}: larger than the training set "
-                        f"({len(dataset.train.labels)} images)")
+        raise UserError(
+            f"--batch-size {recipe.batch_size}: larger than the training set ({len(dataset.train.labels)} images)"
+        )
 
 
 # ------------------------------------------------------------------------------------------ setup
@@ -285,16 +315,21 @@ def _check_resume(args, cfg: Dict[str, Any], run_dir: Path) -> bool:
     if args.data_dir:
         recorded = cli.recorded_data_dir(cfg, run_dir)
         if not same_file(cli.data_dir(args.data_dir), recorded):
-            raise UserError(f"--data-dir {args.data_dir}: run {run_dir} was trained on {cfg.get('data') or recorded}; "
-                            "a resumed run keeps its data (leave out --data-dir)")
+            raise UserError(
+                f"--data-dir {args.data_dir}: run {run_dir} was trained on {cfg.get('data') or recorded}; "
+                "a resumed run keeps its data (leave out --data-dir)"
+            )
     done = checkpointed_epochs(run_dir) or 0
     if args.epochs is not None and args.epochs < done:
-        raise UserError(f"--epochs {args.epochs}: run {run_dir} has already trained {done} epochs; "
-                        f"give at least {done}")
+        raise UserError(
+            f"--epochs {args.epochs}: run {run_dir} has already trained {done} epochs; give at least {done}"
+        )
     target = args.epochs or cfg["recipe"]["epochs"]
     if done >= target:
-        raise _Finished(f"run {run_dir} has finished its {done} epochs: nothing to do "
-                        f"(add --epochs N with N above {done} to train longer)")
+        raise _Finished(
+            f"run {run_dir} has finished its {done} epochs: nothing to do "
+            f"(add --epochs N with N above {done} to train longer)"
+        )
     return bool(args.epochs) and args.epochs != cfg["recipe"]["epochs"]
 
 
@@ -309,8 +344,11 @@ def _new_config(args, dataset, image_size, start) -> Dict[str, Any]:
         stage_sizes = _stage_sizes(args.stage_sizes)
     else:  # fine-tuning keeps the starting model's architecture
         stage_sizes = list(start.model.stage_sizes) if start else list(config.RESNET50_STAGE_SIZES)
-    width = args.width if args.width is not None else (
-        start.model.stem_filters / config.RESNET50_STEM_FILTERS if start else 1.0)
+    width = (
+        args.width
+        if args.width is not None
+        else (start.model.stem_filters / config.RESNET50_STEM_FILTERS if start else 1.0)
+    )
     return {
         "recipe_name": args.recipe,
         "recipe": dataclasses.asdict(recipe),
@@ -378,7 +416,8 @@ def transfer(target, source, name: str):
     if kept_head:
         print(f"--init-from {name}: class count differs, the Dense head starts fresh")
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: leaf if np.shape(flat_source[path]) != leaf.shape else jax.numpy.asarray(flat_source[path]), target
+        lambda path, leaf: leaf if np.shape(flat_source[path]) != leaf.shape else jax.numpy.asarray(flat_source[path]),
+        target,
     )
 
 
@@ -417,7 +456,11 @@ class StopRequest:
         if self.signal is not None:  # a second Ctrl-C means now
             raise KeyboardInterrupt
         self.signal = signum
-        print(f"\n{signal.Signals(signum).name}: finishing the current step and saving a checkpoint...", file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: finishing the current step and saving a checkpoint...",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __exit__(self, *exc):
         for s, handler in self._old.items():
@@ -549,7 +592,9 @@ def _setup(args, place: RunDirectory) -> _Job:
     recipe = Recipe(**cfg["recipe"])
     model = model_from_config(cfg["model"])
     if model.num_classes != dataset.num_classes or tuple(model.input_shape) != dataset.image_shape:
-        raise UserError(f"{data_dir}: data ({dataset.num_classes} classes, {dataset.image_shape}) does not fit the run's model")
+        raise UserError(
+            f"{data_dir}: data ({dataset.num_classes} classes, {dataset.image_shape}) does not fit the run's model"
+        )
     _check_against_data(cfg, recipe, dataset)
     steps_per_epoch = len(dataset.train.labels) // recipe.batch_size
     dp.check_batch_size(recipe.batch_size)
@@ -559,18 +604,31 @@ def _setup(args, place: RunDirectory) -> _Job:
             run_dir = place.create()
         if config_changed:
             place.write_config(cfg)
-    calibration = np.random.default_rng([seed, 7]).permutation(len(dataset.train.labels))[: recipe.bn_recalibration_images]
+    calibration = np.random.default_rng([seed, 7]).permutation(len(dataset.train.labels))[
+        : recipe.bn_recalibration_images
+    ]
     train_step, eval_step, bn_statistics_step = compiled_steps(model, recipe, steps_per_epoch, dp)
     return _Job(
-        args=args, run_dir=run_dir, cfg=cfg, dataset=dataset, recipe=recipe, model=model, dp=dp,
-        steps_per_epoch=steps_per_epoch, tx=compiled_optimizer(recipe, steps_per_epoch), ckpts=RunCheckpoints(run_dir),
-        train_step=train_step, eval_step=eval_step, bn_statistics_step=bn_statistics_step,
+        args=args,
+        run_dir=run_dir,
+        cfg=cfg,
+        dataset=dataset,
+        recipe=recipe,
+        model=model,
+        dp=dp,
+        steps_per_epoch=steps_per_epoch,
+        tx=compiled_optimizer(recipe, steps_per_epoch),
+        ckpts=RunCheckpoints(run_dir),
+        train_step=train_step,
+        eval_step=eval_step,
+        bn_statistics_step=bn_statistics_step,
         calibration_images=_calibration_images(dataset.train.images[calibration], recipe, seed),
-        near_copies=near_copy_mask(dataset.test.images, dataset.train.images), start=start,
+        near_copies=near_copy_mask(dataset.test.images, dataset.train.images),
+        start=start,
     )
 
 
-def _calibration_images(images: "np.ndarray", recipe: Recipe, seed: int) -> "np.ndarray":
+def _calibration_images(images, recipe: Recipe, seed: int):
     """The images BatchNorm statistics are re-estimated on: as they are, or one seeded augmented draw of them."""
     if not recipe.bn_recalibration_augmented or not len(images):
         return images
@@ -617,29 +675,49 @@ def _train_epoch(job: _Job, progress: _Progress, stop: StopRequest, t0: float) -
     from .data import train_batches
 
     recipe, dp, epoch, start = job.recipe, job.dp, progress.epoch, progress.start
-    bar = tqdm(total=job.steps_per_epoch, initial=start, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step",
-               disable=True if job.args.no_progress or not dp.is_primary else None, leave=False, dynamic_ncols=True)
-    for k, (images, labels) in enumerate(train_batches(job.dataset.train, recipe.batch_size, job.seed, epoch, start), start):
+    bar = tqdm(
+        total=job.steps_per_epoch,
+        initial=start,
+        desc=f"epoch {epoch + 1}/{recipe.epochs}",
+        unit="step",
+        disable=True if job.args.no_progress or not dp.is_primary else None,
+        leave=False,
+        dynamic_ncols=True,
+    )
+    for k, (images, labels) in enumerate(
+        train_batches(job.dataset.train, recipe.batch_size, job.seed, epoch, start), start
+    ):
         progress.state, m = job.train_step(progress.state, *dp.shard(images, labels))
         loss, correct, finite = float(m["loss"]), int(m["correct"]), bool(m["finite"])
         if not finite:
             bar.close()
-            kept = (f"the last good checkpoint in {job.ckpts.directory} is kept" if job.ckpts.steps()
-                    else "no checkpoint had been saved yet")
+            kept = (
+                f"the last good checkpoint in {job.ckpts.directory} is kept"
+                if job.ckpts.steps()
+                else "no checkpoint had been saved yet"
+            )
             raise UserError(f"loss became {loss} at epoch {epoch + 1}, step {k + 1} (try a lower --lr); {kept}")
         sums = progress.sums
-        progress.sums = sums = {"loss": sums["loss"] + loss * len(labels), "correct": sums["correct"] + correct,
-                                "seen": sums["seen"] + len(labels)}
+        progress.sums = sums = {
+            "loss": sums["loss"] + loss * len(labels),
+            "correct": sums["correct"] + correct,
+            "seen": sums["seen"] + len(labels),
+        }
         elapsed = time.perf_counter() - t0
-        bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}", img_s=f"{(k + 1 - start) * recipe.batch_size / max(elapsed, 1e-9):.1f}")
+        bar.set_postfix(
+            loss=f"{sums['loss'] / sums['seen']:.4f}",
+            img_s=f"{(k + 1 - start) * recipe.batch_size / max(elapsed, 1e-9):.1f}",
+        )
         bar.update(1)
         if stop.signal is not None:
             bar.close()
             step = int(progress.state.step)
             job.ckpts.save(step, progress.state, job.meta(epoch, k + 1, sums))
             job.ckpts.close()
-            print(f"saved step {step} to {job.ckpts.directory}; continue with: python -m signs_jax.train --resume "
-                  f"--workdir {job.args.workdir} --run {job.run_dir.name}")
+            print(
+                f"saved step {step} to {job.ckpts.directory}; continue with: python -m signs_jax.train --resume "
+                f"--workdir {job.args.workdir} --run {job.run_dir.name}"
+            )
             return False
     bar.close()
     return True
@@ -652,11 +730,19 @@ def _evaluate_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: fl
     dataset, dp, sums, eval_batch_size = job.dataset, job.dp, progress.sums, job.cfg["eval_batch_size"]
     variables = progress.state.eval_variables()
     if job.recipe.bn_recalibration_images:
-        variables = recalibrate_batch_stats(job.bn_statistics_step, variables, job.calibration_images, eval_batch_size, dp)
-    record = {"epoch": progress.epoch + 1, "step": int(progress.state.step), "train_loss": sums["loss"] / sums["seen"],
-              "train_accuracy": sums["correct"] / sums["seen"]}
+        variables = recalibrate_batch_stats(
+            job.bn_statistics_step, variables, job.calibration_images, eval_batch_size, dp
+        )
+    record = {
+        "epoch": progress.epoch + 1,
+        "step": int(progress.state.step),
+        "train_loss": sums["loss"] / sums["seen"],
+        "train_accuracy": sums["correct"] / sums["seen"],
+    }
     if dataset.validation is not None:
-        record["val_loss"], record["val_accuracy"], _ = evaluate(job.eval_step, variables, dataset.validation, eval_batch_size, dp)
+        record["val_loss"], record["val_accuracy"], _ = evaluate(
+            job.eval_step, variables, dataset.validation, eval_batch_size, dp
+        )
     if job.recipe.test_each_epoch:
         record.update(_test_record(job, variables))
     record["seconds"] = time.perf_counter() - t0
@@ -671,8 +757,11 @@ def _test_record(job: _Job, variables) -> Dict[str, Any]:
     dataset = job.dataset
     loss, accuracy, probs = evaluate(job.eval_step, variables, dataset.test, job.cfg["eval_batch_size"], job.dp)
     correct, clean = probs.argmax(1) == dataset.test.labels, ~job.near_copies
-    return {"test_loss": loss, "test_accuracy": accuracy,
-            "test_accuracy_no_near_copies": float(correct[clean].mean()) if clean.any() else None}
+    return {
+        "test_loss": loss,
+        "test_accuracy": accuracy,
+        "test_accuracy_no_near_copies": float(correct[clean].mean()) if clean.any() else None,
+    }
 
 
 def _score(job: _Job, record: Dict[str, Any]) -> Optional[float]:
@@ -700,10 +789,18 @@ def _end_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float) 
     state = progress.state
     job.ckpts.save(int(state.step), state, job.meta(progress.epoch, 0, progress.sums), score=score, variables=variables)
     val = f"  val {record['val_loss']:.4f}/{record['val_accuracy']:.3f}" if "val_loss" in record else ""
-    test = (f"  test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}"
-            f" (no near-copies {record['test_accuracy_no_near_copies']:.3f})" if "test_loss" in record else "")
-    job.say(f"epoch {record['epoch']:3d}/{job.recipe.epochs}  train {record['train_loss']:.4f}/{record['train_accuracy']:.3f}{val}"
-            f"{test}  {record['seconds']:.1f}s", flush=True)
+    test = (
+        f"  test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}"
+        f" (no near-copies {record['test_accuracy_no_near_copies']:.3f})"
+        if "test_loss" in record
+        else ""
+    )
+    job.say(
+        f"epoch {record['epoch']:3d}/{job.recipe.epochs}  "
+        f"train {record['train_loss']:.4f}/{record['train_accuracy']:.3f}{val}"
+        f"{test}  {record['seconds']:.1f}s",
+        flush=True,
+    )
     if job.dp.is_primary:
         plot_curves(progress.history, job.run_dir / "curves.png")
 
@@ -711,12 +808,23 @@ def _end_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float) 
 def _write_results(job: _Job, history, final=None) -> None:
     """Result.csv: one row with the run's settings and `final` results (default: its last epoch's)."""
     recipe, final = job.recipe, final or (history[-1] if history else {})
-    _write_result_csv(job.run_dir / "Result.csv", {
-        "run": job.run_dir.name, "recipe": job.cfg["recipe_name"], "epochs": recipe.epochs, "batch_size": recipe.batch_size,
-        "lr": recipe.lr, "seed": job.seed, "test_loss": final.get("test_loss"), "test_accuracy": final.get("test_accuracy"),
-        "test_accuracy_no_near_copies": final.get("test_accuracy_no_near_copies"), "near_copies": int(job.near_copies.sum()),
-        "val_accuracy": final.get("val_accuracy"), "train_seconds": round(sum(h["seconds"] for h in history), 1),
-    })
+    _write_result_csv(
+        job.run_dir / "Result.csv",
+        {
+            "run": job.run_dir.name,
+            "recipe": job.cfg["recipe_name"],
+            "epochs": recipe.epochs,
+            "batch_size": recipe.batch_size,
+            "lr": recipe.lr,
+            "seed": job.seed,
+            "test_loss": final.get("test_loss"),
+            "test_accuracy": final.get("test_accuracy"),
+            "test_accuracy_no_near_copies": final.get("test_accuracy_no_near_copies"),
+            "near_copies": int(job.near_copies.sum()),
+            "val_accuracy": final.get("val_accuracy"),
+            "train_seconds": round(sum(h["seconds"] for h in history), 1),
+        },
+    )
     print(f"done: test accuracy {final.get('test_accuracy', float('nan')):.4f}; results in {job.run_dir}")
 
 
@@ -744,10 +852,13 @@ def _train(args, place: RunDirectory) -> int:
     job = _setup(args, place)
     progress = _start(job)
     dataset, recipe, dp = job.dataset, job.recipe, job.dp
-    job.say(f"run {job.run_dir}: {dataset.source}, {len(dataset.train.labels)} train / {len(dataset.test.labels)} test images "
-            f"({int(job.near_copies.sum())} test images have a near-copy in train), {job.model.num_classes} classes, "
-            f"recipe {job.cfg['recipe_name']}: {recipe.epochs} epochs x {job.steps_per_epoch} steps of {recipe.batch_size}"
-            f" on {dp.num_devices} device(s) in {dp.process_count} process(es)")
+    job.say(
+        f"run {job.run_dir}: {dataset.source}, {len(dataset.train.labels)} train / "
+        f"{len(dataset.test.labels)} test images "
+        f"({int(job.near_copies.sum())} test images have a near-copy in train), {job.model.num_classes} classes, "
+        f"recipe {job.cfg['recipe_name']}: {recipe.epochs} epochs x {job.steps_per_epoch} steps of {recipe.batch_size}"
+        f" on {dp.num_devices} device(s) in {dp.process_count} process(es)"
+    )
     if job.cfg.get("init_from") and not job.ckpts.steps():
         _score_start(job, progress)
     with StopRequest() as stop:
@@ -779,21 +890,27 @@ def _score_start(job: _Job, progress: _Progress) -> None:
     from .loops import evaluate
 
     if job.dataset.validation is None:
-        job.say("no image held out (--val-fraction 0, or no class has two): the fine-tuned weights are kept "
-                "without a check against the starting ones")
+        job.say(
+            "no image held out (--val-fraction 0, or no class has two): the fine-tuned weights are kept "
+            "without a check against the starting ones"
+        )
         return
     t0 = time.perf_counter()
     variables = progress.state.eval_variables()
     record = {"epoch": 0, "step": 0}
-    record["val_loss"], record["val_accuracy"], _ = evaluate(job.eval_step, variables, job.dataset.validation,
-                                                             job.cfg["eval_batch_size"], job.dp)
+    record["val_loss"], record["val_accuracy"], _ = evaluate(
+        job.eval_step, variables, job.dataset.validation, job.cfg["eval_batch_size"], job.dp
+    )
     record["seconds"] = time.perf_counter() - t0
     progress.history.append(record)
     if job.dp.is_primary:
         _append_jsonl(job.metrics_path, record)
     job.ckpts.save(0, progress.state, job.meta(0, 0, _no_sums()), score=_score(job, record), variables=variables)
-    job.say(f"starting weights: val {record['val_loss']:.4f}/{record['val_accuracy']:.3f} "
-            f"on {len(job.dataset.validation.labels)} held-out images", flush=True)
+    job.say(
+        f"starting weights: val {record['val_loss']:.4f}/{record['val_accuracy']:.3f} "
+        f"on {len(job.dataset.validation.labels)} held-out images",
+        flush=True,
+    )
 
 
 def _finish_finetuning(job: _Job, history, kept_step) -> Optional[Dict[str, Any]]:
@@ -803,19 +920,25 @@ def _finish_finetuning(job: _Job, history, kept_step) -> Optional[Dict[str, Any]
 
     start = next((h for h in history if h["epoch"] == 0), None)
     if start is not None and kept_step == 0:
-        best = max((h for h in history if h["epoch"] > 0), key=lambda h: (h["val_accuracy"], -h["val_loss"]),
-                   default=None)
+        best = max(
+            (h for h in history if h["epoch"] > 0), key=lambda h: (h["val_accuracy"], -h["val_loss"]), default=None
+        )
         than = f" (best epoch {best['val_accuracy']:.3f})" if best else ""
-        job.say(f"fine-tuning did not beat the starting weights on the {len(job.dataset.validation.labels)} held-out "
-                f"images (accuracy {start['val_accuracy']:.3f}{than}): the run keeps the starting weights")
+        job.say(
+            f"fine-tuning did not beat the starting weights on the {len(job.dataset.validation.labels)} held-out "
+            f"images (accuracy {start['val_accuracy']:.3f}{than}): the run keeps the starting weights"
+        )
     kept = next((h for h in history if h["step"] == kept_step), None)
     if kept is not None and "test_accuracy" in kept:
         return kept
     _, variables, step = restore_variables(job.run_dir)
     record = _test_record(job, job.dp.replicate(variables))
     epoch = next((h["epoch"] for h in history if h["step"] == step), None)
-    job.say(f"kept weights (step {step}{'' if epoch is None else f', epoch {epoch}'}): "
-            f"test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}", flush=True)
+    job.say(
+        f"kept weights (step {step}{'' if epoch is None else f', epoch {epoch}'}): "
+        f"test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}",
+        flush=True,
+    )
     return {**(kept or (history[-1] if history else {})), **record}
 
 

@@ -1,11 +1,15 @@
 """Where predict and evaluate get their model: a run directory, a work directory, or a Keras .h5."""
+
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Tuple
 
 from . import config
 from .errors import UserError
 
-NO_WEIGHTS = "no trained model found in {where}: run `python -m signs_jax.train` first, or pass --weights (a run directory or a Keras .h5)"
+NO_WEIGHTS = (
+    "no trained model found in {where}: run `python -m signs_jax.train` first, "
+    "or pass --weights (a run directory or a Keras .h5)"
+)
 
 
 class Weights(NamedTuple):
@@ -28,8 +32,9 @@ def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR)
     else:
         path = Path(spec)
         if not path.exists():
-            raise UserError(f"{path}: no such file or directory ({flag} takes a run directory, a work directory "
-                            "or a Keras .h5)")
+            raise UserError(
+                f"{path}: no such file or directory ({flag} takes a run directory, a work directory or a Keras .h5)"
+            )
         if path.is_file():
             from .keras_h5 import load_keras_h5
 
@@ -37,8 +42,10 @@ def load_weights(spec: Optional[str], workdir: str = str(config.DEFAULT_WORKDIR)
             return Weights(model, variables, default_class_names(model.num_classes), str(path))
         run = path if (path / CONFIG_FILE).exists() else _newest_complete_run(path, flag)
     if not has_checkpoint(run):
-        raise UserError(f"{run}: run has no checkpoint yet (let `python -m signs_jax.train` finish an epoch, "
-                        f"or pass another {flag})")
+        raise UserError(
+            f"{run}: run has no checkpoint yet (let `python -m signs_jax.train` finish an epoch, "
+            f"or pass another {flag})"
+        )
     _check_fit(run)
     model, variables, step = restore_variables(run)
     names = read_config(run)["model"].get("class_names") or default_class_names(model.num_classes)
@@ -55,8 +62,9 @@ def stored_temperature(run: Path, step: int) -> float:
     if record is None:
         return 1.0
     if record.get("step") is not None and int(record["step"]) != int(step):
-        warnings.warn(f"{run}: calibration.json was fitted to step {record['step']}, not {step}: using T = 1",
-                      stacklevel=2)
+        warnings.warn(
+            f"{run}: calibration.json was fitted to step {record['step']}, not {step}: using T = 1", stacklevel=2
+        )
         return 1.0
     return float(record["temperature"])
 
@@ -71,8 +79,10 @@ def _newest_complete_run(workdir: Path, flag: str = "--weights") -> Path:
     incomplete = sorted(p.name for p in runs_in(workdir))
     if incomplete:
         names = ", ".join(incomplete[:3]) + (f" and {len(incomplete) - 3} more" if len(incomplete) > 3 else "")
-        raise UserError(f"no trained model found in {workdir}: {names} has no checkpoint yet (let `python -m "
-                        f"signs_jax.train` finish an epoch, or pass {flag})")
+        raise UserError(
+            f"no trained model found in {workdir}: {names} has no checkpoint yet (let `python -m "
+            f"signs_jax.train` finish an epoch, or pass {flag})"
+        )
     raise UserError(NO_WEIGHTS.format(where=workdir).replace("--weights", flag))
 
 
@@ -100,16 +110,22 @@ def _check_fit(run: Path) -> None:
         model = model_from_config(read_config(run)["model"])
     except (KeyError, TypeError, ValueError) as err:
         raise UserError(f"{run}: config.json does not describe a model ({type(err).__name__}: {err})") from None
-    expected = {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-                for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_variables(model))}
+    expected = {
+        "/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_variables(model))
+    }
     problems = [f"{name} missing" for name in expected if name not in stored]
-    problems += [f"{name} is {stored[name]}, the model expects {shape}" for name, shape in expected.items()
-                 if name in stored and stored[name] != shape]
+    problems += [
+        f"{name} is {stored[name]}, the model expects {shape}"
+        for name, shape in expected.items()
+        if name in stored and stored[name] != shape
+    ]
     problems += [f"{name} is not in the model" for name in stored if name not in expected]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise UserError(f"{run}: the checkpoint does not fit the model config.json describes: "
-                        + "; ".join(problems[:3]) + more)
+        raise UserError(
+            f"{run}: the checkpoint does not fit the model config.json describes: " + "; ".join(problems[:3]) + more
+        )
 
 
 def default_class_names(num_classes: int) -> Tuple[str, ...]:

@@ -3,6 +3,7 @@ parity fixtures, and compiled functions.
 
 XLA compiles dominate the suite's time, so compiled functions are built once per session and reused.
 """
+
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import h5py  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
 from helpers import FIXTURES, KERAS_FILES  # noqa: E402
 from signs_jax.data import PACKAGED_SIGNS, is_packaged, verify_packaged  # noqa: E402
 
@@ -32,8 +34,10 @@ def private_cache(tmp_path_factory, monkeypatch):
 def data_dir() -> Path:
     path = Path(os.environ.get("SIGNS_DATA_DIR") or PACKAGED_SIGNS)
     if not (path / "test_signs.h5").exists():
-        pytest.fail(f"SIGNS data not found in {path}: set SIGNS_DATA_DIR to the folder holding test_signs.h5 "
-                    "(or unset it for the copy inside the package)")
+        pytest.fail(
+            f"SIGNS data not found in {path}: set SIGNS_DATA_DIR to the folder holding test_signs.h5 "
+            "(or unset it for the copy inside the package)"
+        )
     if is_packaged(path):
         verify_packaged()
     return path

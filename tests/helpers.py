@@ -1,4 +1,5 @@
 """Helpers the test modules share: paths, the tiny model's flags, and how to call and read the tools."""
+
 import json
 from pathlib import Path
 
@@ -14,7 +15,17 @@ KERAS_FILES = {
 KERAS_MODEL = str(KERAS_FILES["keras2_model"])
 
 # The narrowest, shallowest ResNet50 variant that still has every kind of block: training tests use it.
-TINY = ["--width", "0.0625", "--stage-sizes", "1,1,1,1", "--batch-size", "16", "--no-progress", "--eval-batch-size", "40"]
+TINY = [
+    "--width",
+    "0.0625",
+    "--stage-sizes",
+    "1,1,1,1",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--eval-batch-size",
+    "40",
+]
 
 
 def run_train(*args) -> int:

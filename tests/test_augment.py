@@ -1,4 +1,5 @@
 """The training augmentation: shapes, range, determinism per key, and that it keeps what the label counts."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,8 +62,15 @@ def test_the_hand_stays_in_the_frame(seed):
     # Brightness and contrast move levels by at most ~0.3, so 0.5 still separates hand from background.
     after = (y[..., 0] > 0.5).sum(axis=(1, 2))
     assert after.min() >= 0.75 * before and after.max() <= 1.3 * before
-    border = np.concatenate([y[:, :2].reshape(64, -1), y[:, -2:].reshape(64, -1),
-                             y[:, :, :2].reshape(64, -1), y[:, :, -2:].reshape(64, -1)], axis=1)
+    border = np.concatenate(
+        [
+            y[:, :2].reshape(64, -1),
+            y[:, -2:].reshape(64, -1),
+            y[:, :, :2].reshape(64, -1),
+            y[:, :, -2:].reshape(64, -1),
+        ],
+        axis=1,
+    )
     assert (border > 0.5).sum() == 0  # nothing of the hand is pushed against the frame's edge
 
 
@@ -79,8 +87,9 @@ def test_every_policy_keeps_shape_dtype_range_and_is_deterministic_per_key(polic
 
 def test_the_basic_policy_is_the_default():
     x = hand_like_batch(n=4)
-    np.testing.assert_array_equal(np.asarray(augment(jax.random.key(7), x)),
-                                  np.asarray(augment(jax.random.key(7), x, "basic")))
+    np.testing.assert_array_equal(
+        np.asarray(augment(jax.random.key(7), x)), np.asarray(augment(jax.random.key(7), x, "basic"))
+    )
 
 
 def skin_hand_on_wall(size=64):
@@ -154,8 +163,15 @@ def test_the_hand_stays_in_the_frame_under_every_policys_geometry(limits, seed):
     # Area scales with the two zooms; the aspect change never raises either above the largest zoom.
     low, high = limits.scale[0] ** 2 / (1 + limits.max_aspect), limits.scale[1] ** 2
     assert after.min() >= 0.9 * low * before and after.max() <= 1.1 * high * before
-    border = np.concatenate([y[:, :2].reshape(64, -1), y[:, -2:].reshape(64, -1),
-                             y[:, :, :2].reshape(64, -1), y[:, :, -2:].reshape(64, -1)], axis=1)
+    border = np.concatenate(
+        [
+            y[:, :2].reshape(64, -1),
+            y[:, -2:].reshape(64, -1),
+            y[:, :, :2].reshape(64, -1),
+            y[:, :, -2:].reshape(64, -1),
+        ],
+        axis=1,
+    )
     assert (border > 0.5).sum() == 0
 
 

@@ -1,5 +1,6 @@
 """Backend-aware defaults: the CPU-measured conv and no state donation on the CPU, XLA's conv and donation
 elsewhere, resolved when a model or step is built; an explicit choice always wins."""
+
 import types
 
 import jax
@@ -45,12 +46,15 @@ def test_an_explicit_conv_wins_on_every_backend(backend, name):
 MODEL_CONFIG = {"num_classes": 6, "width": 0.125, "stage_sizes": [1, 1, 1, 1], "input_shape": [64, 64, 3]}
 
 
-@pytest.mark.parametrize("recorded, name, expected", [
-    ({"conv": None}, "cpu", CPU_DEFAULTS),  # no choice recorded: the backend's default wherever it is restored
-    ({"conv": None}, "gpu", XLA),
-    ({"conv": "matmul"}, "gpu", CPU_DEFAULTS),  # the user's choice (or a config from before the default moved)
-    ({}, "cpu", XLA),  # a config from before "conv" was recorded ran XLA's conv
-])
+@pytest.mark.parametrize(
+    "recorded, name, expected",
+    [
+        ({"conv": None}, "cpu", CPU_DEFAULTS),  # no choice recorded: the backend's default wherever it is restored
+        ({"conv": None}, "gpu", XLA),
+        ({"conv": "matmul"}, "gpu", CPU_DEFAULTS),  # the user's choice (or a config from before the default moved)
+        ({}, "cpu", XLA),  # a config from before "conv" was recorded ran XLA's conv
+    ],
+)
 def test_a_restored_run_gets_the_conv_its_config_records_else_the_backends(backend, recorded, name, expected):
     backend(name)
     assert convs(model_from_config({**MODEL_CONFIG, **recorded})) == expected

@@ -1,4 +1,5 @@
 """scripts/bench.py --processes: one measurement per fresh process, medians over them, every process listed."""
+
 import subprocess
 import sys
 
@@ -13,8 +14,15 @@ pytestmark = pytest.mark.perf  # the benchmark harness
 
 
 def process_result(train, keras_train, compile_s):
-    return {"dtype": "bfloat16", "batch_size": 32, "repeats": 7, "train_images_per_s": train,
-            "keras_train_images_per_s": keras_train, "train_vs_keras": train / keras_train, "train_compile_s": compile_s}
+    return {
+        "dtype": "bfloat16",
+        "batch_size": 32,
+        "repeats": 7,
+        "train_images_per_s": train,
+        "keras_train_images_per_s": keras_train,
+        "train_vs_keras": train / keras_train,
+        "train_compile_s": compile_s,
+    }
 
 
 def test_medians_are_over_processes_and_each_process_is_listed():
@@ -27,7 +35,12 @@ def test_medians_are_over_processes_and_each_process_is_listed():
     assert merged["train_compile_s"] == 9.0
     assert (merged["dtype"], merged["batch_size"], merged["processes"]) == ("bfloat16", 32, 3)
     assert [p["train_vs_keras"] for p in merged["per_process"]] == [r["train_vs_keras"] for r in results]
-    assert set(merged["per_process"][0]) == {"train_vs_keras", "train_images_per_s", "keras_train_images_per_s", "train_compile_s"}
+    assert set(merged["per_process"][0]) == {
+        "train_vs_keras",
+        "train_images_per_s",
+        "keras_train_images_per_s",
+        "train_compile_s",
+    }
 
 
 def test_each_process_runs_the_same_measurement(monkeypatch, capsys):
@@ -35,7 +48,9 @@ def test_each_process_runs_the_same_measurement(monkeypatch, capsys):
 
     def fake_run(command, **kwargs):
         commands.append(command)
-        return subprocess.CompletedProcess(command, 0, stdout='warming up\n{"train_images_per_s": %d}\n' % len(commands))
+        return subprocess.CompletedProcess(
+            command, 0, stdout='warming up\n{"train_images_per_s": %d}\n' % len(commands)
+        )
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     result = bench.main(["--dtype", "bfloat16", "--compare", "keras", "--repeats", "5", "--processes", "3", "--json"])
@@ -49,10 +64,22 @@ def test_each_process_runs_the_same_measurement(monkeypatch, capsys):
 
 def test_every_measurement_option_reaches_each_process(monkeypatch):
     commands = []
-    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: commands.append(command)
-                        or subprocess.CompletedProcess(command, 0, stdout='{"train_images_per_s": 1}\n'))
-    given = {"--conv": "xla", "--dtype": "bfloat16", "--width": "0.5", "--batch-size": "8", "--infer-batch-size": "16",
-             "--repeats": "6", "--compare": "keras"}
+    monkeypatch.setattr(
+        subprocess,
+        "run",
+        lambda command, **kwargs: (
+            commands.append(command) or subprocess.CompletedProcess(command, 0, stdout='{"train_images_per_s": 1}\n')
+        ),
+    )
+    given = {
+        "--conv": "xla",
+        "--dtype": "bfloat16",
+        "--width": "0.5",
+        "--batch-size": "8",
+        "--infer-batch-size": "16",
+        "--repeats": "6",
+        "--compare": "keras",
+    }
     bench.main([word for pair in given.items() for word in pair] + ["--proc", "2"])  # argparse takes a prefix
     assert len(commands) == 2
     assert {word: commands[0][commands[0].index(word) + 1] for word in given} == given
@@ -60,7 +87,9 @@ def test_every_measurement_option_reaches_each_process(monkeypatch):
 
 @pytest.mark.parametrize("status, stdout", [(1, ""), (0, "no JSON here\n")])
 def test_a_failed_process_is_one_line_naming_it(monkeypatch, status, stdout):
-    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(command, status, stdout=stdout))
+    monkeypatch.setattr(
+        subprocess, "run", lambda command, **kwargs: subprocess.CompletedProcess(command, status, stdout=stdout)
+    )
     with pytest.raises(SystemExit) as failure:
         bench.main(["--processes", "2"])
     message = str(failure.value)
@@ -73,7 +102,9 @@ def test_processes_must_be_positive(capsys):
     assert failure.value.code == 2 and "--processes must be at least 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("faults_per_round, warmup", [([90_000, 60_000, 30_000, 0], 4), ([0, 0], 2), ([50_000] * 20, 8)])
+@pytest.mark.parametrize(
+    "faults_per_round, warmup", [([90_000, 60_000, 30_000, 0], 4), ([0, 0], 2), ([50_000] * 20, 8)]
+)
 def test_warm_up_lasts_until_a_round_costs_no_page_faults(monkeypatch, faults_per_round, warmup):
     counter = {"faults": 0, "round": 0}
 

@@ -1,4 +1,5 @@
 """Calibrated confidence, the uncertain mark in every output format, and --adapt (BatchNorm on the user's photos)."""
+
 import csv
 import json
 import shutil
@@ -9,8 +10,14 @@ from PIL import Image
 
 from helpers import KERAS_MODEL, TINY, json_lines
 from signs_jax import calibrate, evaluate, predict, train
-from signs_jax.calibration import (CALIBRATION_FILE, expected_calibration_error, fit_temperature, nll,
-                                   read_calibration, softmax)
+from signs_jax.calibration import (
+    CALIBRATION_FILE,
+    expected_calibration_error,
+    fit_temperature,
+    nll,
+    read_calibration,
+    softmax,
+)
 from signs_jax.errors import UserError
 
 
@@ -90,8 +97,12 @@ def test_the_uncertain_mark_is_in_the_table_json_and_csv(photos, tmp_path, capsy
     assert flags == [c < threshold for c in confidences] and any(flags) and not all(flags)
 
     out_csv = tmp_path / "out.csv"
-    assert predict.main([*map(str, photos), "--weights", KERAS_MODEL, "--threshold", str(threshold),
-                         "--csv", str(out_csv)]) == 0
+    assert (
+        predict.main(
+            [*map(str, photos), "--weights", KERAS_MODEL, "--threshold", str(threshold), "--csv", str(out_csv)]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("# weights: ") and "uncertain" in lines[0]
     assert lines[1].split()[:5] == ["path", "class", "conf", "raw", "uncertain"]
@@ -127,8 +138,9 @@ def test_adapt_replaces_the_batchnorm_statistics_and_nothing_else(keras_loaded, 
     again = adapt_batch_norm(model, variables, images)
     for a, b in zip(np_leaves(adapted["params"]), np_leaves(variables["params"])):
         np.testing.assert_array_equal(a, b)
-    changed = [not np.allclose(a, b)
-               for a, b in zip(np_leaves(adapted["batch_stats"]), np_leaves(variables["batch_stats"]))]
+    changed = [
+        not np.allclose(a, b) for a, b in zip(np_leaves(adapted["batch_stats"]), np_leaves(variables["batch_stats"]))
+    ]
     assert all(changed)  # every mean and variance of every layer
     for a, b in zip(np_leaves(adapted), np_leaves(again)):
         np.testing.assert_array_equal(a, b)
@@ -172,8 +184,20 @@ def test_adapt_with_too_few_photos_is_one_line(photos, capsys):
 def calibrated_run(small_signs, tmp_path_factory):
     """A tiny one-epoch run with a validation split: training ends by fitting its temperature."""
     workdir = tmp_path_factory.mktemp("calibrated")
-    args = ["--data-dir", small_signs, "--workdir", workdir, "--run", "tiny", "--epochs", "1", "--recipe", "original",
-            "--val-fraction", "0.25"]
+    args = [
+        "--data-dir",
+        small_signs,
+        "--workdir",
+        workdir,
+        "--run",
+        "tiny",
+        "--epochs",
+        "1",
+        "--recipe",
+        "original",
+        "--val-fraction",
+        "0.25",
+    ]
     assert train.main([*map(str, args), *TINY]) == 0
     return workdir / "tiny"
 

@@ -1,4 +1,5 @@
 """The command-line tools as installed: console entry points and --help for each."""
+
 import importlib
 from importlib.metadata import entry_points
 

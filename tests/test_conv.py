@@ -1,4 +1,5 @@
 """Every convolution implementation computes what lax.conv computes, values and gradients."""
+
 import functools
 import re
 
@@ -77,7 +78,13 @@ def test_inference_conv_that_skips_padding_equals_lax_conv(monkeypatch, kernel, 
     assert_same_as_lax_conv(functools.partial(MatmulConv, inference=True), kernel, stride, padding, size)
 
 
-WINOGRAD_CASES = [(3, 1, "SAME", 8), (3, 1, "SAME", 15), (3, 1, "VALID", 6), (3, 1, ((0, 2), (1, 0)), 6), (3, 1, "SAME", 2)]
+WINOGRAD_CASES = [
+    (3, 1, "SAME", 8),
+    (3, 1, "SAME", 15),
+    (3, 1, "VALID", 6),
+    (3, 1, ((0, 2), (1, 0)), 6),
+    (3, 1, "SAME", 2),
+]
 
 
 @pytest.mark.parametrize("kernel, stride, padding, size", WINOGRAD_CASES)
@@ -96,8 +103,12 @@ def test_inference_winograd_conv_equals_lax_conv(monkeypatch, kernel, stride, pa
         np.testing.assert_allclose(np.asarray(fast, np.float32), exact, atol=0.05, rtol=0.02)
 
 
-PATCH_CASES = [((7, 7), (2, 2), ((3, 3), (3, 3)), 3), ((3, 5), (1, 2), ((0, 2), (1, 0)), 4), ((4, 4), (3, 2), ((0, 0), (0, 0)), 3),
-               ((3, 3), (1, 1), ((1, 1), (1, 1)), 16)]
+PATCH_CASES = [
+    ((7, 7), (2, 2), ((3, 3), (3, 3)), 3),
+    ((3, 5), (1, 2), ((0, 2), (1, 0)), 4),
+    ((4, 4), (3, 2), ((0, 0), (0, 0)), 3),
+    ((3, 3), (1, 1), ((1, 1), (1, 1)), 16),
+]
 
 
 def patches_view_by_view(x, kernel, stride, pads):
@@ -108,7 +119,7 @@ def patches_view_by_view(x, kernel, stride, pads):
     out = np.zeros((n, (h - kh) // sh + 1, (w - kw) // sw + 1, kh * kw * c), x.dtype)
     for a in range(out.shape[1]):
         for b in range(out.shape[2]):
-            out[:, a, b] = x[:, a * sh:a * sh + kh, b * sw:b * sw + kw].reshape(n, -1)
+            out[:, a, b] = x[:, a * sh : a * sh + kh, b * sw : b * sw + kw].reshape(n, -1)
     return out
 
 
@@ -117,7 +128,9 @@ def test_patches_and_their_transpose_are_im2col(kernel, stride, pads, channels):
     x = jax.random.normal(jax.random.key(0), (2, 13, 11, channels))
     expected = patches_view_by_view(x, kernel, stride, pads)
     np.testing.assert_array_equal(conv_module.im2col(x, kernel, stride, pads), expected)
-    np.testing.assert_array_equal(conv_module.im2col_transposed(x, kernel, stride, pads), expected.reshape(-1, expected.shape[-1]).T)
+    np.testing.assert_array_equal(
+        conv_module.im2col_transposed(x, kernel, stride, pads), expected.reshape(-1, expected.shape[-1]).T
+    )
 
 
 @pytest.mark.perf
@@ -128,9 +141,9 @@ def test_bfloat16_patches_are_written_once(build):
     x = jnp.ones((2, 9, 9, 16), jnp.bfloat16)
     compiled = jax.jit(lambda x: conv_module.move_bits(build, x, (3, 3), (1, 1), ((1, 1), (1, 1)))).lower(x).compile()
     hlo = compiled.as_text()
-    shapes = re.findall(r"^\s*(?:ROOT )?%\S+ = \w+\[([\d,]*)\]", hlo[hlo.index("ENTRY"):], re.MULTILINE)
+    shapes = re.findall(r"^\s*(?:ROOT )?%\S+ = \w+\[([\d,]*)\]", hlo[hlo.index("ENTRY") :], re.MULTILINE)
     sizes = [int(np.prod([int(d) for d in shape.split(",")])) for shape in shapes]
-    assert sizes.count(2 * 9 * 9 * 9 * 16) == 1, hlo[hlo.index("ENTRY"):]
+    assert sizes.count(2 * 9 * 9 * 9 * 16) == 1, hlo[hlo.index("ENTRY") :]
 
 
 @pytest.mark.slow
@@ -140,7 +153,11 @@ def test_the_model_takes_the_inference_conv_paths_in_inference_only():
     variables = signs_jax.init_variables(model, jax.random.key(0))
 
     def jaxpr(train):
-        return str(jax.make_jaxpr(lambda v: model.apply(v, x, train=train, mutable=["batch_stats"] if train else False))(variables))
+        return str(
+            jax.make_jaxpr(lambda v: model.apply(v, x, train=train, mutable=["batch_stats"] if train else False))(
+                variables
+            )
+        )
 
     inference, training = jaxpr(train=False), jaxpr(train=True)
     # stage 4's and 5's 3x3 convs (4x4 and 2x2 pixels) become 9 and 4 matmuls each in inference
@@ -177,9 +194,15 @@ def test_bfloat16_compute_keeps_float32_params_and_gradients(name):
         np.testing.assert_allclose(g, r, rtol=0.05, atol=0.05 * float(jnp.abs(r).max()))
 
 
-@pytest.mark.parametrize("conv, inference_conv", [
-    (MatmulConv, MatmulInferenceConv), (MatmulConv, None), (XlaConv, None), (XlaConv, MatmulInferenceConv),
-])
+@pytest.mark.parametrize(
+    "conv, inference_conv",
+    [
+        (MatmulConv, MatmulInferenceConv),
+        (MatmulConv, None),
+        (XlaConv, None),
+        (XlaConv, MatmulInferenceConv),
+    ],
+)
 def test_every_conv_pairing_matches_keras(keras_loaded, keras_images, keras_expected, conv, inference_conv):
     """`ResNet`'s inference conv is a field of its own: whichever pair computes, Keras's probabilities."""
     model, variables = keras_loaded

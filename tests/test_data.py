@@ -1,4 +1,5 @@
 """The SIGNS copy inside the package: its contents, its checksums, and where the tools find their data."""
+
 import contextlib
 import hashlib
 import io
@@ -16,11 +17,22 @@ from signs_jax.errors import UserError
 
 PACKAGED = data.PACKAGED_SIGNS  # the real one, also while a test points data.PACKAGED_SIGNS elsewhere
 SHARED_SIGNS = ROOT.parent / "shared" / "datasets" / "signs"
-LAYOUT = {"train_signs.h5": ("train_set_x", "train_set_y", "list_classes"),
-          "test_signs.h5": ("test_set_x", "test_set_y", "list_classes")}
+LAYOUT = {
+    "train_signs.h5": ("train_set_x", "train_set_y", "list_classes"),
+    "test_signs.h5": ("test_set_x", "test_set_y", "list_classes"),
+}
 # the run shape test_evaluate trains too: in one pytest process the two share their compiled steps
-TINY = ["--width", "0.0625", "--stage-sizes", "1,1,1,1", "--batch-size", "16", "--no-progress",
-        "--eval-batch-size", "40"]
+TINY = [
+    "--width",
+    "0.0625",
+    "--stage-sizes",
+    "1,1,1,1",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "--eval-batch-size",
+    "40",
+]
 
 
 def sha256(path: Path) -> str:
@@ -199,8 +211,9 @@ def packaged_run(small_signs, tmp_path_factory):
         mp.setenv("SIGNS_JAX_CACHE", str(tmp_path_factory.getbasetemp() / "jax_cache"))
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            code = train.main(["--workdir", str(base / "runs"), "--run", "p", "--epochs", "1", "--recipe", "original",
-                               *TINY])
+            code = train.main(
+                ["--workdir", str(base / "runs"), "--run", "p", "--epochs", "1", "--recipe", "original", *TINY]
+            )
     assert code == 0
     return base / "runs" / "p", stand_in, out.getvalue()
 

@@ -1,4 +1,5 @@
 """evaluate (and predict) on a Keras .h5 and on a run written by train: metrics, near-copies, outputs, errors."""
+
 import json
 import subprocess
 import sys
@@ -10,12 +11,22 @@ from helpers import KERAS_MODEL, ROOT, TINY
 from signs_jax import evaluate, predict, train
 
 
-
 @pytest.fixture(scope="module")
 def trained_workdir(small_signs, tmp_path_factory):
     """A work directory holding one tiny one-epoch run."""
     workdir = tmp_path_factory.mktemp("runs")
-    args = ["--data-dir", str(small_signs), "--workdir", str(workdir), "--run", "tiny", "--epochs", "1", "--recipe", "original"]
+    args = [
+        "--data-dir",
+        str(small_signs),
+        "--workdir",
+        str(workdir),
+        "--run",
+        "tiny",
+        "--epochs",
+        "1",
+        "--recipe",
+        "original",
+    ]
     assert train.main([*args, *TINY]) == 0  # the original recipe: the quickest to compile
     return workdir
 
@@ -34,7 +45,9 @@ def jpeg_folders(tmp_path_factory):
 
 def test_evaluate_reports_everything(small_signs, tmp_path, capsys):
     png = tmp_path / "cm.png"
-    code = evaluate.main(["--weights", KERAS_MODEL, "--data-dir", str(small_signs), "--json", "--confusion-png", str(png)])
+    code = evaluate.main(
+        ["--weights", KERAS_MODEL, "--data-dir", str(small_signs), "--json", "--confusion-png", str(png)]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     matrix = np.array(result["confusion_matrix"])
@@ -60,7 +73,9 @@ def test_evaluate_on_image_folders_counts_near_copies(jpeg_folders, tmp_path, ca
     text = capsys.readouterr().out
     assert "(120 test images)" in text and "precision" in text and "recall" in text
     assert "confusion matrix (rows: true, columns: predicted)" in text
-    matrix_rows = [line.split() for line in text.splitlines() if line[:5].strip() in "012345" and len(line.split()) == 7]
+    matrix_rows = [
+        line.split() for line in text.splitlines() if line[:5].strip() in "012345" and len(line.split()) == 7
+    ]
     assert sum(int(v) for row in matrix_rows for v in row[1:]) == 120
     near = int(text.split(" have one)")[0].rsplit("(", 1)[1])
     assert near > 0  # the data set's known near-duplicates between the training and test photos
@@ -113,7 +128,11 @@ def test_confusion_matrix_and_scores():
 
 @pytest.mark.slow
 def test_evaluate_help_does_not_import_jax():
-    probe = "import sys; from signs_jax import evaluate\ntry:\n    evaluate.main(['--help'])\nexcept SystemExit: pass\nprint('jax' in sys.modules)"
+    probe = (
+        "import sys; from signs_jax import evaluate\n"
+        "try:\n    evaluate.main(['--help'])\nexcept SystemExit: pass\n"
+        "print('jax' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip().endswith("False"), out.stdout + out.stderr
 

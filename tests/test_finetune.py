@@ -3,6 +3,7 @@ keeps the starting weights when fine-tuning makes the held-out photos worse.
 
 A tiny model is trained for a few epochs on generated pictures (a dark and a bright class) and fine-tuned from.
 """
+
 import json
 from pathlib import Path
 
@@ -36,20 +37,44 @@ def start_workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("start")
     _pictures(root / "data" / "train", ("dark", "bright"), 16, START_SIDE, seed=0)
     _pictures(root / "data" / "test", ("dark", "bright"), 4, START_SIDE, seed=1)
-    code = run_train("--data-dir", root / "data", "--workdir", root / "runs", "--run", "start", "--epochs", 2,
-                     "--batch-size", 8, *TINY_ARCH, *QUIET)
+    code = run_train(
+        "--data-dir",
+        root / "data",
+        "--workdir",
+        root / "runs",
+        "--run",
+        "start",
+        "--epochs",
+        2,
+        "--batch-size",
+        8,
+        *TINY_ARCH,
+        *QUIET,
+    )
     assert code == 0
     return root / "runs"
 
 
 @pytest.mark.slow
-def test_init_from_a_work_directory_picks_the_finetune_recipe_and_the_starting_models_shape(start_workdir, tmp_path,
-                                                                                         capsys):
+def test_init_from_a_work_directory_picks_the_finetune_recipe_and_the_starting_models_shape(
+    start_workdir, tmp_path, capsys
+):
     photos = tmp_path / "photos"
     _pictures(photos / "train", ("dark", "bright"), 5, 72, seed=2)  # the photos' own size is not the model's
     _pictures(photos / "test", ("dark", "bright"), 2, 72, seed=3)
-    code = run_train("--init-from", start_workdir, "--data-dir", photos, "--workdir", tmp_path / "w", "--run", "ft",
-                     "--epochs", 1, *QUIET)
+    code = run_train(
+        "--init-from",
+        start_workdir,
+        "--data-dir",
+        photos,
+        "--workdir",
+        tmp_path / "w",
+        "--run",
+        "ft",
+        "--epochs",
+        1,
+        *QUIET,
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     config = json.loads((tmp_path / "w" / "ft" / "config.json").read_text())
@@ -65,8 +90,22 @@ def test_image_size_overrides_the_starting_models_size(start_workdir, tmp_path, 
     photos = tmp_path / "photos"
     _pictures(photos / "train", ("dark", "bright"), 4, 72, seed=2)
     _pictures(photos / "test", ("dark", "bright"), 2, 72, seed=3)
-    code = run_train("--init-from", start_workdir / "start", "--data-dir", photos, "--workdir", tmp_path / "w", "--run",
-                     "ft", "--epochs", 1, "--image-size", 40, 40, *QUIET)
+    code = run_train(
+        "--init-from",
+        start_workdir / "start",
+        "--data-dir",
+        photos,
+        "--workdir",
+        tmp_path / "w",
+        "--run",
+        "ft",
+        "--epochs",
+        1,
+        "--image-size",
+        40,
+        40,
+        *QUIET,
+    )
     assert code == 0, capsys.readouterr().out
     config = json.loads((tmp_path / "w" / "ft" / "config.json").read_text())
     assert config["model"]["input_shape"] == [40, 40, 3]
@@ -82,8 +121,23 @@ def test_finetuning_that_makes_the_held_out_photos_worse_keeps_the_starting_weig
     _pictures(photos / "train", ("bright", "dark"), 8, START_SIDE, seed=0)  # swapped
     _pictures(photos / "val", ("dark", "bright"), 8, START_SIDE, seed=0)  # the same pictures, true labels
     _pictures(photos / "test", ("dark", "bright"), 2, START_SIDE, seed=1)
-    code = run_train("--init-from", start_workdir / "start", "--data-dir", photos, "--workdir", tmp_path / "w",
-                     "--run", "ft", "--epochs", 3, "--lr", "1e-2", "--batch-size", 8, *QUIET)
+    code = run_train(
+        "--init-from",
+        start_workdir / "start",
+        "--data-dir",
+        photos,
+        "--workdir",
+        tmp_path / "w",
+        "--run",
+        "ft",
+        "--epochs",
+        3,
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        8,
+        *QUIET,
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "did not beat the starting weights on the 16 held-out images" in out

@@ -1,4 +1,5 @@
 """Image decoding (signs_jax.images): EXIF orientation, every image mode to RGB, resize filters, bombs."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -43,7 +44,11 @@ def _transparent_palette():
         ("LA", lambda: Image.new("LA", (8, 8), (100, 0)), (255, 255, 255)),  # transparent: white
         ("RGBA", lambda: Image.new("RGBA", (8, 8), (10, 20, 30, 255)), (10, 20, 30)),
         ("RGBA", lambda: Image.new("RGBA", (8, 8), (10, 20, 30, 0)), (255, 255, 255)),
-        ("P", lambda: Image.new("RGB", (8, 8), (200, 10, 50)).convert("P", palette=Image.Palette.ADAPTIVE), (200, 10, 50)),
+        (
+            "P",
+            lambda: Image.new("RGB", (8, 8), (200, 10, 50)).convert("P", palette=Image.Palette.ADAPTIVE),
+            (200, 10, 50),
+        ),
         ("P", lambda: _transparent_palette(), (255, 255, 255)),  # transparent palette entry: white
         ("1", lambda: Image.new("1", (8, 8), 1), (255, 255, 255)),
         ("CMYK", lambda: Image.new("CMYK", (8, 8), (0, 255, 255, 0)), (255, 0, 0)),

@@ -1,4 +1,5 @@
 """Bad Keras files: one clear error naming the file and what is wrong; valid variants still load."""
+
 import json
 import shutil
 import subprocess
@@ -165,7 +166,9 @@ def test_cli_checks_and_exports_a_good_file(tmp_path):
     out = tmp_path / "exported.h5"
     run = subprocess.run(
         [sys.executable, "-m", "signs_jax.keras_h5", str(KERAS_FILES["keras3_legacy"]), "--export", str(out)],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert run.returncode == 0, run.stderr
     assert "num_classes=6" in run.stdout and "379,014" in run.stdout

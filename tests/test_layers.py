@@ -1,4 +1,5 @@
 """Hand-written backward passes (BatchNorm in training mode, max-pooling) equal what autodiff gives."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,9 +62,13 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_a_tied_window():
 def test_max_pool_in_bfloat16_routes_gradients_like_float32():
     rng = np.random.default_rng(2)
     x = jnp.maximum(jnp.asarray(rng.normal(size=(2, 32, 31, 5)), jnp.bfloat16), 0)  # ties at zero, as after ReLU
-    w = jnp.asarray(rng.normal(size=(2, 15, 15, 5)), jnp.bfloat16)  # bfloat16 weights: sums of up to 4 of them are exact in float32
+    w = jnp.asarray(
+        rng.normal(size=(2, 15, 15, 5)), jnp.bfloat16
+    )  # bfloat16 weights: sums of up to 4 of them are exact in float32
     ours = jax.jit(jax.value_and_grad(lambda x: jnp.sum((max_pool(x, (3, 3), (2, 2)) * w).astype(jnp.float32))))
-    ref = jax.jit(jax.value_and_grad(lambda x: jnp.sum(nn.max_pool(x, (3, 3), (2, 2), "VALID") * w.astype(jnp.float32))))
+    ref = jax.jit(
+        jax.value_and_grad(lambda x: jnp.sum(nn.max_pool(x, (3, 3), (2, 2), "VALID") * w.astype(jnp.float32)))
+    )
     (value, grad), (ref_value, ref_grad) = ours(x), ref(x.astype(jnp.float32))
     assert grad.dtype == jnp.bfloat16
     np.testing.assert_allclose(value, ref_value, rtol=1e-2)

@@ -1,4 +1,5 @@
 """The Flax model has the original architecture: counts, names, shapes, variants and dtypes."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,10 +82,10 @@ def test_init_gives_keras_initial_values():
 def test_bfloat16_compute_keeps_float32_parameters_and_statistics(keras_loaded, keras_images, keras_expected):
     model, variables = keras_loaded
     bf16 = model.clone(dtype=jnp.bfloat16)
-    assert jax.tree_util.tree_all(
-        jax.tree_util.tree_map(lambda a: a.dtype == jnp.float32, abstract_variables(bf16))
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(lambda a: a.dtype == jnp.float32, abstract_variables(bf16)))
+    logits, updates = jax.jit(lambda v, x: bf16.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, keras_images
     )
-    logits, updates = jax.jit(lambda v, x: bf16.apply(v, x, train=True, mutable=["batch_stats"]))(variables, keras_images)
     assert logits.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(updates))
     probs = jax.nn.softmax(bf16.apply(variables, keras_images))

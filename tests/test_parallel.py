@@ -1,4 +1,5 @@
 """Data parallelism: 1 device, 4 forced host devices and 2 real processes (jax.distributed, gloo) agree."""
+
 import json
 import os
 import socket
@@ -21,8 +22,15 @@ EPOCHS = ["--epochs", "1", "--lr", "2e-4"]
 
 def train_process(args, env_extra=None, **popen):
     env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
-    return subprocess.Popen([sys.executable, "-m", "signs_jax.train", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "signs_jax.train", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )
 
 
 def finished(proc, timeout=300):
@@ -44,9 +52,13 @@ def assert_same_training(a, b):
 
     for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)):
         keys = [k.key for k in path]
-        noise_driven = keys[0] == "batch_stats" or (keys[-1] == "bias" and not keys[-2].startswith("bn") and keys[-2] != "fc")
+        noise_driven = keys[0] == "batch_stats" or (
+            keys[-1] == "bias" and not keys[-2].startswith("bn") and keys[-2] != "fc"
+        )
         atol = 2e-2 if noise_driven else 1e-5
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=1e-3, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(
+            np.asarray(x), np.asarray(y), atol=atol, rtol=1e-3, err_msg=jax.tree_util.keystr(path)
+        )
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +69,12 @@ def single_device_run(small_signs, tmp_path_factory):
 
 
 def test_four_host_devices_match_one_device(single_device_run, small_signs, tmp_path):
-    out = finished(train_process(["--data-dir", small_signs, "--workdir", tmp_path, "--run", "four", *EPOCHS, *TINY],
-                                 {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}))
+    out = finished(
+        train_process(
+            ["--data-dir", small_signs, "--workdir", tmp_path, "--run", "four", *EPOCHS, *TINY],
+            {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+        )
+    )
     assert "on 4 device(s) in 1 process(es)" in out
     assert_same_training(final_params(tmp_path / "four"), final_params(single_device_run))
     one, four = metrics_of(single_device_run), metrics_of(tmp_path / "four")
@@ -67,8 +83,10 @@ def test_four_host_devices_match_one_device(single_device_run, small_signs, tmp_
 
 
 def test_batch_that_does_not_divide_by_the_devices(small_signs, tmp_path):
-    proc = train_process(["--data-dir", small_signs, "--workdir", tmp_path, *TINY, "--batch-size", "18"],
-                         {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    proc = train_process(
+        ["--data-dir", small_signs, "--workdir", tmp_path, *TINY, "--batch-size", "18"],
+        {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
+    )
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "batch size 18 does not divide by the 4 devices" in out and "Traceback" not in out
@@ -82,8 +100,20 @@ def _free_port() -> int:
 
 def test_two_processes_train_together_and_resume_alone(single_device_run, small_signs, tmp_path):
     coordinator = f"127.0.0.1:{_free_port()}"
-    common = ["--data-dir", small_signs, "--workdir", tmp_path, "--run", "dist", *EPOCHS, *TINY,
-              "--coordinator", coordinator, "--num-processes", "2"]
+    common = [
+        "--data-dir",
+        small_signs,
+        "--workdir",
+        tmp_path,
+        "--run",
+        "dist",
+        *EPOCHS,
+        *TINY,
+        "--coordinator",
+        coordinator,
+        "--num-processes",
+        "2",
+    ]
     procs = [train_process([*common, "--process-id", i]) for i in (0, 1)]
     outs = [finished(p) for p in procs]
     assert "on 2 device(s) in 2 process(es)" in outs[0]

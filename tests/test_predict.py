@@ -1,6 +1,7 @@
 """predict: Keras's numbers on Keras weights, real image files of every kind, bad inputs, cold start.
 
 Every predict call here uses the width-1/8 Keras fixture, so the suite compiles it once per batch shape."""
+
 import json
 import os
 import struct
@@ -14,7 +15,6 @@ from PIL import Image
 
 from helpers import KERAS_MODEL, ROOT, json_lines
 from signs_jax import predict
-
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,9 @@ def test_predict_reproduces_keras_probabilities(test_pngs, keras_expected, capsy
     assert code == 0
     records = json_lines(capsys.readouterr().out)
     assert [r["path"] for r in records] == [str(p) for p in test_pngs]
-    assert all(set(r) == {"path", "class", "confidence", "uncertain", "raw_confidence",
-                                  "probabilities"} for r in records)
+    assert all(
+        set(r) == {"path", "class", "confidence", "uncertain", "raw_confidence", "probabilities"} for r in records
+    )
     probs = np.array([r["probabilities"] for r in records])
     np.testing.assert_allclose(probs, keras_expected["probabilities"], atol=1e-5, rtol=0)
     assert [r["class"] for r in records] == [str(i) for i in keras_expected["probabilities"].argmax(1)]
@@ -46,7 +47,9 @@ def test_predict_reproduces_keras_probabilities(test_pngs, keras_expected, capsy
 
 def test_table_csv_and_top_k(test_pngs, tmp_path, capsys):
     out_csv = tmp_path / "Result.csv"
-    assert predict.main([str(test_pngs[0].parent), "--weights", KERAS_MODEL, "--csv", str(out_csv), "--top-k", "3"]) == 0
+    assert (
+        predict.main([str(test_pngs[0].parent), "--weights", KERAS_MODEL, "--csv", str(out_csv), "--top-k", "3"]) == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("# weights: ") and KERAS_MODEL in lines[0]
     assert lines[1].split() == ["path", "class", "conf", "raw", "uncertain", *[f"p({i})" for i in range(6)], "top-k"]
@@ -87,14 +90,22 @@ def test_bad_files_are_reported_one_line_each_and_the_rest_predicted(test_pngs, 
     (tmp_path / "no_images").mkdir()
     (tmp_path / "no_images" / "notes.txt").write_text("x")
     bad = ["empty.jpg", "text.jpg", "truncated.jpg", "bomb.png", "missing.jpg", "no_images"]
-    code = predict.main([str(jpeg), *[str(tmp_path / b) for b in bad], str(test_pngs[1]), "--weights", KERAS_MODEL, "--json"])
+    code = predict.main(
+        [str(jpeg), *[str(tmp_path / b) for b in bad], str(test_pngs[1]), "--weights", KERAS_MODEL, "--json"]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert [r["path"] for r in json_lines(captured.out)] == [str(jpeg), str(test_pngs[1])]
     errors = captured.err.strip().splitlines()
     assert len(errors) == len(bad), errors
-    reasons = {"empty.jpg": "empty file", "text.jpg": "not an image", "truncated.jpg": "truncated",
-               "bomb.png": "decompression bomb", "missing.jpg": "no such file", "no_images": "directory without images"}
+    reasons = {
+        "empty.jpg": "empty file",
+        "text.jpg": "not an image",
+        "truncated.jpg": "truncated",
+        "bomb.png": "decompression bomb",
+        "missing.jpg": "no such file",
+        "no_images": "directory without images",
+    }
     for name, reason in reasons.items():
         assert any(line.startswith(f"error: {tmp_path / name}:") and reason in line for line in errors), (name, errors)
     assert "Traceback" not in captured.err
@@ -138,7 +149,10 @@ def test_exif_rotated_photo_predicts_like_the_upright_one(test_pngs, tmp_path, c
 
 def test_bad_flags_exit_2(test_pngs, capsys):
     assert predict.main([str(test_pngs[0]), "--weights", KERAS_MODEL, "--top-k", "0"]) == 2
-    assert predict.main([str(test_pngs[0]), "--weights", KERAS_MODEL, "--csv", str(test_pngs[0].parent / "no" / "x.csv")]) == 2
+    assert (
+        predict.main([str(test_pngs[0]), "--weights", KERAS_MODEL, "--csv", str(test_pngs[0].parent / "no" / "x.csv")])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "cannot write the CSV file" in err[1]
 
@@ -185,7 +199,9 @@ def test_one_batch_shape_and_decoding_stays_one_batch_ahead(tmp_path):
     np.testing.assert_allclose(np.stack([p for _, p in [first, *rest]]), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("files, batch, expected", [(1, 32, 1), (5, 32, 8), (24, 32, 32), (10000, 32, 32), (3, 4, 4), (9, 4, 4)])
+@pytest.mark.parametrize(
+    "files, batch, expected", [(1, 32, 1), (5, 32, 8), (24, 32, 32), (10000, 32, 32), (3, 4, 4), (9, 4, 4)]
+)
 def test_fixed_batch_size(files, batch, expected):
     assert predict.fixed_batch_size(files, batch) == expected
 
@@ -228,6 +244,10 @@ def test_second_process_hits_the_persistent_compilation_cache(test_pngs, tmp_pat
 
 @pytest.mark.slow
 def test_help_does_not_import_jax():
-    probe = "import sys; from signs_jax import predict\ntry:\n    predict.main(['--help'])\nexcept SystemExit: pass\nprint('jax' in sys.modules)"
+    probe = (
+        "import sys; from signs_jax import predict\n"
+        "try:\n    predict.main(['--help'])\nexcept SystemExit: pass\n"
+        "print('jax' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip().endswith("False"), out.stdout + out.stderr

@@ -1,6 +1,7 @@
 """The command-line tools' process set-up (`signs_jax._runtime`): glibc reuses freed memory, so a step's
 large temporaries stop costing page faults, XLA gets the package's CPU flags, JAX the compilation cache;
 and a library user's process is left as it was."""
+
 import os
 import platform
 import subprocess
@@ -12,8 +13,9 @@ import pytest
 from helpers import KERAS_FILES, ROOT
 from signs_jax import _runtime, evaluate, keras_h5, predict, train
 
-glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="glibc's malloc")
+glibc_only = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc"
+)
 BARE_ENV = {"PATH": "/usr/bin:/bin"}
 
 # Fresh 96 MB blocks from malloc, each written once, as a compiled step allocates its temporaries:
@@ -39,15 +41,24 @@ def faults_per_block():
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 20
 """
 
-FAULTS_AFTER_SET_UP = FRESH_BLOCK_FAULTS + """
+FAULTS_AFTER_SET_UP = (
+    FRESH_BLOCK_FAULTS
+    + """
 from signs_jax._runtime import reuse_freed_memory
 print(reuse_freed_memory(), faults_per_block())
 """
+)
 
 
 def faults_per_block(**env):
-    out = subprocess.run([sys.executable, "-c", FAULTS_AFTER_SET_UP], cwd=ROOT, env={**BARE_ENV, **env},
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS_AFTER_SET_UP],
+        cwd=ROOT,
+        env={**BARE_ENV, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return out[0] == "True", int(out[1])
 
 
@@ -70,8 +81,9 @@ def test_glibc_tunables_give_a_script_the_same_malloc_settings():
     assert faults_per_block(SIGNS_JAX_MALLOC="default", GLIBC_TUNABLES=tunables)[1] < 100
     # each of the three is needed: without it the fresh blocks fault again
     for left_out in range(len(_runtime.MALLOC_SETTINGS)):
-        partial = ":".join(f"{name}={value}" for i, (_, value, name) in enumerate(_runtime.MALLOC_SETTINGS)
-                           if i != left_out)
+        partial = ":".join(
+            f"{name}={value}" for i, (_, value, name) in enumerate(_runtime.MALLOC_SETTINGS) if i != left_out
+        )
         assert faults_per_block(SIGNS_JAX_MALLOC="default", GLIBC_TUNABLES=partial)[1] > 20_000, partial
 
 
@@ -89,8 +101,9 @@ print(jax.config.jax_compilation_cache_dir)
 
 
 def cli_set_up(**env):
-    done = subprocess.run([sys.executable, "-c", CLI_SET_UP], cwd=ROOT, env={**BARE_ENV, **env},
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", CLI_SET_UP], cwd=ROOT, env={**BARE_ENV, **env}, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.splitlines()
 
@@ -105,8 +118,12 @@ def test_cli_set_up_hands_jaxlib_the_cpu_flags_it_accepts_and_the_cache(tmp_path
 
 @pytest.mark.slow
 def test_cli_set_up_keeps_the_users_xla_flags(tmp_path):
-    _, flags, _ = cli_set_up(JAX_PLATFORMS="cpu", SIGNS_JAX_MALLOC="default", SIGNS_JAX_CACHE=str(tmp_path),
-                             XLA_FLAGS="--xla_backend_extra_options=xla_cpu_disable_slp_vectorizer")
+    _, flags, _ = cli_set_up(
+        JAX_PLATFORMS="cpu",
+        SIGNS_JAX_MALLOC="default",
+        SIGNS_JAX_CACHE=str(tmp_path),
+        XLA_FLAGS="--xla_backend_extra_options=xla_cpu_disable_slp_vectorizer",
+    )
     assert flags == "--xla_backend_extra_options=xla_cpu_disable_slp_vectorizer"
 
 
@@ -130,13 +147,16 @@ def test_cpu_only_follows_jax_platforms_then_the_installed_plugins(monkeypatch):
     assert _runtime.runs_on_cpu_only()
 
 
-@pytest.mark.parametrize("tool, argv, cache", [
-    (train, ["--data-dir", "{tmp}/none", "--workdir", "{tmp}", "--epochs", "1"], True),
-    (train, ["--coordinator", "localhost:1", "--data-dir", "{tmp}/none", "--workdir", "{tmp}"], False),  # no cache
-    (predict, ["{tmp}/none.png", "--weights", "{tmp}/none.h5"], True),
-    (evaluate, ["--weights", "{tmp}/none.h5", "--data-dir", "{tmp}"], True),
-    (keras_h5, ["{tmp}/none.h5"], True),
-])
+@pytest.mark.parametrize(
+    "tool, argv, cache",
+    [
+        (train, ["--data-dir", "{tmp}/none", "--workdir", "{tmp}", "--epochs", "1"], True),
+        (train, ["--coordinator", "localhost:1", "--data-dir", "{tmp}/none", "--workdir", "{tmp}"], False),  # no cache
+        (predict, ["{tmp}/none.png", "--weights", "{tmp}/none.h5"], True),
+        (evaluate, ["--weights", "{tmp}/none.h5", "--data-dir", "{tmp}"], True),
+        (keras_h5, ["{tmp}/none.h5"], True),
+    ],
+)
 def test_every_command_line_tool_sets_up_its_process_before_running(monkeypatch, tmp_path, tool, argv, cache):
     calls = []
     monkeypatch.setattr(_runtime, "set_up", lambda compilation_cache=True: calls.append(compilation_cache))
@@ -147,7 +167,9 @@ def test_every_command_line_tool_sets_up_its_process_before_running(monkeypatch,
 
 # A library user's process: importing signs_jax, building, initialising, applying and training a
 # model, loading a Keras file, leave XLA_FLAGS, JAX's configuration and glibc's malloc as they were.
-LIBRARY_USE = FRESH_BLOCK_FAULTS + """
+LIBRARY_USE = (
+    FRESH_BLOCK_FAULTS
+    + """
 import os, sys
 import jax, numpy as np
 import signs_jax
@@ -163,12 +185,18 @@ state, _ = make_train_step(model, tx, recipe)(create_state(variables, tx, 0), np
 signs_jax.load_keras_h5(sys.argv[1])
 print(os.environ.get("XLA_FLAGS"), jax.config.jax_compilation_cache_dir, faults_per_block())
 """
+)
 
 
 @pytest.mark.slow
 def test_using_the_library_leaves_the_process_as_the_user_set_it_up():
-    done = subprocess.run([sys.executable, "-c", LIBRARY_USE, str(KERAS_FILES["keras2_model"])], cwd=ROOT,
-                          env={**BARE_ENV, "HOME": str(Path.home())}, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", LIBRARY_USE, str(KERAS_FILES["keras2_model"])],
+        cwd=ROOT,
+        env={**BARE_ENV, "HOME": str(Path.home())},
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     xla_flags, cache_dir, faults = done.stdout.split()
     assert (xla_flags, cache_dir) == ("None", "None")

@@ -1,5 +1,6 @@
 """Hostile inputs and faults: nothing the user has is overwritten, a failed start leaves no broken run,
 every bad flag is one line (exit 2) before anything is written."""
+
 import json
 import os
 import shutil
@@ -11,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import KERAS_FILES, ROOT, TINY, metrics_of, run_train
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from helpers import KERAS_FILES, ROOT, TINY, metrics_of, run_train
 from signs_jax import evaluate, keras_h5, predict, train
 from signs_jax.checkpoints import RunLock, newest_run
 from signs_jax.errors import UserError
@@ -49,8 +50,9 @@ def photo(tmp_path):
 
 @pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink"])
 def test_predict_refuses_a_csv_that_is_an_input(photo, spelling, capsys):
-    target = {"same": photo, "dotdot": photo.parent / "x" / ".." / photo.name,
-              "symlink": photo.parent / "link.csv"}[spelling]
+    target = {"same": photo, "dotdot": photo.parent / "x" / ".." / photo.name, "symlink": photo.parent / "link.csv"}[
+        spelling
+    ]
     if spelling == "symlink":
         target.symlink_to(photo)
     before = photo.read_bytes()
@@ -83,8 +85,12 @@ def test_predict_refuses_an_image_with_another_name_and_other_non_text_files(pho
 
 
 def test_predict_csv_in_a_missing_folder_is_one_line_before_any_work(photo, tmp_path, capsys):
-    assert predict.main([str(photo), "--weights", str(tmp_path / "no_weights_here"), "--csv",
-                         str(tmp_path / "missing" / "r.csv")]) == 2
+    assert (
+        predict.main(
+            [str(photo), "--weights", str(tmp_path / "no_weights_here"), "--csv", str(tmp_path / "missing" / "r.csv")]
+        )
+        == 2
+    )
     assert "does not exist" in one_error_line(capsys)  # the CSV is checked before the weights are looked for
 
 
@@ -140,8 +146,12 @@ def test_keras_export_refuses_its_input_a_directory_and_a_photo_and_writes_norma
     source = tmp_path / "model.h5"
     shutil.copy(KERAS_MODEL, source)
     before = source.read_bytes()
-    for target, reason in ((source, "one of the inputs"), (tmp_path, "directory"), (photo, "not an HDF5 file"),
-                           (tmp_path / "no" / "x.h5", "does not exist")):
+    for target, reason in (
+        (source, "one of the inputs"),
+        (tmp_path, "directory"),
+        (photo, "not an HDF5 file"),
+        (tmp_path / "no" / "x.h5", "does not exist"),
+    ):
         assert keras_h5.main([str(source), "--export", str(target)]) == 2
         assert reason in one_error_line(capsys)
     assert source.read_bytes() == before
@@ -198,8 +208,11 @@ def test_bad_train_flags_are_one_line_before_anything_is_written(flags, named, s
     assert not workdir.exists()
 
 
-@pytest.mark.parametrize("flags, named", [(["--batch-size", "1000"], "--batch-size"),
-                                          (["--val-fraction", "0.99"], "--val-fraction")], ids=["batch", "val"])
+@pytest.mark.parametrize(
+    "flags, named",
+    [(["--batch-size", "1000"], "--batch-size"), (["--val-fraction", "0.99"], "--val-fraction")],
+    ids=["batch", "val"],
+)
 @pytest.mark.slow
 def test_flags_that_do_not_fit_the_data_leave_no_run(flags, named, small_signs, tmp_path, capsys):
     workdir = tmp_path / "w"
@@ -209,8 +222,11 @@ def test_flags_that_do_not_fit_the_data_leave_no_run(flags, named, small_signs, 
 
 
 def test_bad_predict_flags_are_one_line(photo, capsys):
-    for flags, named in ((["--top-k", "0"], "--top-k"), (["--batch-size", "0"], "--batch-size"),
-                         (["--batch-size", "100000000"], "--batch-size")):
+    for flags, named in (
+        (["--top-k", "0"], "--top-k"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--batch-size", "100000000"], "--batch-size"),
+    ):
         assert predict.main([str(photo), "--weights", KERAS_MODEL, *flags]) == 2
         assert named in one_error_line(capsys)
 
@@ -234,8 +250,11 @@ def test_the_smallest_image_side_is_the_models():
         pass  # or the model refuses it outright
 
 
-NUMBERS = st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=True, allow_infinity=True),
-                    st.sampled_from(["nan", "inf", "-inf", "1e309", "0", "-0", "0x10", "", " 3", "1_000"]))
+NUMBERS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["nan", "inf", "-inf", "1e309", "0", "-0", "0x10", "", " 3", "1_000"]),
+)
 
 
 def _parse(parser, argv):
@@ -247,9 +266,15 @@ def _parse(parser, argv):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(values=st.fixed_dictionaries({flag: NUMBERS for flag in ("--epochs", "--batch-size", "--lr", "--seed",
-                                                                 "--val-fraction", "--width", "--eval-batch-size")}),
-       image_size=st.one_of(st.none(), st.tuples(NUMBERS, NUMBERS)))
+@given(
+    values=st.fixed_dictionaries(
+        {
+            flag: NUMBERS
+            for flag in ("--epochs", "--batch-size", "--lr", "--seed", "--val-fraction", "--width", "--eval-batch-size")
+        }
+    ),
+    image_size=st.one_of(st.none(), st.tuples(NUMBERS, NUMBERS)),
+)
 def test_any_numeric_train_flags_are_accepted_sane_or_refused_in_one_line(values, image_size, capsys):
     argv = [f"{flag}={value}" for flag, value in values.items()]
     if image_size:
@@ -364,8 +389,9 @@ def test_a_failed_start_removes_only_what_it_made(small_signs, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_nan_loss_before_any_checkpoint_says_so_and_leaves_no_run(small_signs, tmp_path, capsys):
-    code = run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "nan", "--epochs", 1, "--lr", "1e30",
-                     *TINY)
+    code = run_train(
+        "--data-dir", small_signs, "--workdir", tmp_path, "--run", "nan", "--epochs", 1, "--lr", "1e30", *TINY
+    )
     assert code == 2
     line = one_error_line(capsys)
     assert "loss became" in line and "no checkpoint had been saved" in line and "last good checkpoint" not in line
@@ -411,7 +437,9 @@ def test_a_run_on_the_packaged_data_resumes_only_on_it(finished_run, small_signs
     cfg = json.loads((run / "config.json").read_text())
     cfg.update(data_dir=None, data="packaged SIGNS")  # what a run started without --data-dir records
     (run / "config.json").write_text(json.dumps(cfg))
-    assert run_train("--workdir", tmp_path, "--resume", "--run", "packaged", "--epochs", 3, "--data-dir", small_signs) == 2
+    assert (
+        run_train("--workdir", tmp_path, "--resume", "--run", "packaged", "--epochs", 3, "--data-dir", small_signs) == 2
+    )
     assert "packaged SIGNS" in one_error_line(capsys)
 
 
@@ -455,8 +483,14 @@ def test_a_run_killed_in_its_first_save_is_not_picked_and_can_be_started_again(f
 
 def train_process(args):
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-m", "signs_jax.train", *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "signs_jax.train", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def wait_for(path: Path, proc, timeout=120):

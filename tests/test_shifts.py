@@ -1,4 +1,5 @@
 """The distribution-shift benchmark: each shift is seeded, grows with severity, and the runner and CLI report."""
+
 import itertools
 import json
 
@@ -25,7 +26,7 @@ def mean_abs_difference(a, b) -> float:
 def disc_image(size=64, radius=12, centre=(32, 32)):
     """A plain light-grey background with an orange (skin-like) disc."""
     y, x = np.mgrid[:size, :size]
-    inside = (y - centre[0]) ** 2 + (x - centre[1]) ** 2 < radius ** 2
+    inside = (y - centre[0]) ** 2 + (x - centre[1]) ** 2 < radius**2
     img = np.full((size, size, 3), (205, 197, 187), np.uint8)
     img[inside] = (190, 120, 80)
     return img, inside
@@ -64,10 +65,15 @@ def test_severity_zero_is_the_clean_image(signs_images):
         np.testing.assert_array_equal(apply_shift(name, images, 0, seed=3), images)
 
 
-@pytest.mark.parametrize("call", [
-    lambda x: apply_shift("fog", x, 1), lambda x: apply_shift("rotation", x, 6),
-    lambda x: apply_shift("rotation", x.astype(np.float32), 1), lambda x: apply_shift("rotation", x[0], 1),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x: apply_shift("fog", x, 1),
+        lambda x: apply_shift("rotation", x, 6),
+        lambda x: apply_shift("rotation", x.astype(np.float32), 1),
+        lambda x: apply_shift("rotation", x[0], 1),
+    ],
+)
 def test_bad_arguments_raise_value_error(call, signs_images):
     with pytest.raises(ValueError):
         call(signs_images[0])
@@ -153,8 +159,21 @@ def test_benchmark_scores_a_perfect_model_1_and_a_wrong_one_0(signs_images):
 @pytest.mark.slow  # loads and compiles a ResNet50 (about 25 s on two CPU cores)
 def test_cli_prints_json_for_a_keras_model(data_dir, tmp_path, capsys):
     examples, curves = tmp_path / "examples.png", tmp_path / "curves.png"
-    code = main(["--weights", str(KERAS_FILES["keras2_model"]), "--data-dir", str(data_dir), "--only",
-                 "jpeg,rotation", "--json", "--examples-png", str(examples), "--curves-png", str(curves)])
+    code = main(
+        [
+            "--weights",
+            str(KERAS_FILES["keras2_model"]),
+            "--data-dir",
+            str(data_dir),
+            "--only",
+            "jpeg,rotation",
+            "--json",
+            "--examples-png",
+            str(examples),
+            "--curves-png",
+            str(curves),
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["shifts"]) == {"jpeg", "rotation"}
@@ -168,11 +187,14 @@ def test_cli_prints_json_for_a_keras_model(data_dir, tmp_path, capsys):
         assert img.width > 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--only", "fog"], "--only: unknown shift fog"),
-    (["--seed", "-1"], "--seed must be 0 or more"),
-    (["--examples-scale", "0"], "--examples-scale must be 1..16"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--only", "fog"], "--only: unknown shift fog"),
+        (["--seed", "-1"], "--seed must be 0 or more"),
+        (["--examples-scale", "0"], "--examples-scale must be 1..16"),
+    ],
+)
 def test_cli_reports_bad_options_in_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -3,6 +3,7 @@
 Runs use a shallow, narrow variant of the same model on a small slice of the real SIGNS data, so
 each compiles in seconds; in-process runs of one configuration share their compiled steps.
 """
+
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, TINY, assert_bitwise_equal, error_line, final_params, metrics_of, run_train
+
 
 @pytest.fixture(scope="module")
 def reference_run(small_signs, tmp_path_factory):
@@ -46,15 +48,30 @@ def test_same_seed_gives_identical_metrics(reference_run, small_signs, tmp_path)
 
 @pytest.mark.slow
 def test_another_seed_gives_other_numbers(reference_run, small_signs, tmp_path):
-    assert run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "s1", "--epochs", 1, "--seed", 1, *TINY) == 0
+    assert (
+        run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "s1", "--epochs", 1, "--seed", 1, *TINY)
+        == 0
+    )
     assert metrics_of(tmp_path / "s1")[0]["train_loss"] != metrics_of(reference_run)[0]["train_loss"]
 
 
 @pytest.mark.slow
 def test_sigint_saves_and_resume_ends_bit_for_bit_equal(reference_run, small_signs, tmp_path):
     """A real process gets SIGINT mid-run, saves, exits 0; --resume finishes with the uninterrupted result."""
-    cmd = [sys.executable, "-m", "signs_jax.train", "--data-dir", str(small_signs), "--workdir", str(tmp_path),
-           "--run", "cut", "--epochs", "3", *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "signs_jax.train",
+        "--data-dir",
+        str(small_signs),
+        "--workdir",
+        str(tmp_path),
+        "--run",
+        "cut",
+        "--epochs",
+        "3",
+        *TINY,
+    ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines = []
@@ -93,7 +110,9 @@ def test_corrupt_newest_checkpoint_falls_back_to_an_older_one(reference_run, tmp
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(small_signs, tmp_path, capsys):
-    code = run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "nan", "--epochs", 1, "--lr", "1e30", *TINY)
+    code = run_train(
+        "--data-dir", small_signs, "--workdir", tmp_path, "--run", "nan", "--epochs", 1, "--lr", "1e30", *TINY
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "loss became" in err and "no checkpoint had been saved yet" in err  # epoch 1: none to keep
@@ -118,8 +137,20 @@ def test_one_missing_h5_file_is_named(small_signs, tmp_path, capsys):
     "mutate, expected",
     [
         (lambda f: f.__delitem__("train_set_y"), "no dataset train_set_y"),
-        (lambda f: (f.__delitem__("train_set_x"), f.create_dataset("train_set_x", data=np.zeros((160, 64, 64), np.uint8))), "expected (N, H, W, 3)"),
-        (lambda f: (f.__delitem__("train_set_x"), f.create_dataset("train_set_x", data=np.zeros((160, 64, 64, 3), np.float32))), "expected uint8"),
+        (
+            lambda f: (
+                f.__delitem__("train_set_x"),
+                f.create_dataset("train_set_x", data=np.zeros((160, 64, 64), np.uint8)),
+            ),
+            "expected (N, H, W, 3)",
+        ),
+        (
+            lambda f: (
+                f.__delitem__("train_set_x"),
+                f.create_dataset("train_set_x", data=np.zeros((160, 64, 64, 3), np.float32)),
+            ),
+            "expected uint8",
+        ),
         (lambda f: f["train_set_y"].__setitem__(0, 9), "labels [9] outside 0..5"),
     ],
     ids=["missing-key", "wrong-shape", "wrong-dtype", "bad-label"],
@@ -155,7 +186,7 @@ def _jpeg_folders(root: Path, data_dir: Path, classes, size):
         for c in classes:
             folder = root / split / f"class_{c}"
             folder.mkdir(parents=True)
-            for i in np.flatnonzero(y == c)[: per_class] if split == "train" else np.flatnonzero(y == c)[-per_class:]:
+            for i in np.flatnonzero(y == c)[:per_class] if split == "train" else np.flatnonzero(y == c)[-per_class:]:
                 Image.fromarray(x[i]).resize(size).save(folder / f"{i}.jpg")
 
 
@@ -164,7 +195,9 @@ def test_image_folders_with_another_class_count_and_size_train_end_to_end(data_d
     _jpeg_folders(tmp_path / "data", data_dir, classes=(0, 2, 5), size=(80, 72))
     (tmp_path / "data" / "train" / "class_0" / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.warns(UserWarning, match="broken.jpg"):
-        code = run_train("--data-dir", tmp_path / "data", "--workdir", tmp_path / "w", "--run", "folders", "--epochs", 1, *TINY)
+        code = run_train(
+            "--data-dir", tmp_path / "data", "--workdir", tmp_path / "w", "--run", "folders", "--epochs", 1, *TINY
+        )
     assert code == 0
     config = json.loads((tmp_path / "w" / "folders" / "config.json").read_text())
     assert config["model"]["num_classes"] == 3
@@ -185,9 +218,25 @@ def test_init_from_keras_h5_replaces_a_head_of_another_class_count(data_dir, tmp
     from helpers import KERAS_FILES
 
     _jpeg_folders(tmp_path / "data", data_dir, classes=(1, 3), size=(64, 64))
-    code = run_train("--data-dir", tmp_path / "data", "--workdir", tmp_path / "w", "--run", "tl", "--epochs", 1,
-                     "--init-from", KERAS_FILES["keras2_weights"], "--width", "0.125", "--stage-sizes", "3,4,6,3",
-                     "--batch-size", "8", "--no-progress")
+    code = run_train(
+        "--data-dir",
+        tmp_path / "data",
+        "--workdir",
+        tmp_path / "w",
+        "--run",
+        "tl",
+        "--epochs",
+        1,
+        "--init-from",
+        KERAS_FILES["keras2_weights"],
+        "--width",
+        "0.125",
+        "--stage-sizes",
+        "3,4,6,3",
+        "--batch-size",
+        "8",
+        "--no-progress",
+    )
     assert code == 0, capsys.readouterr().err
     assert "the Dense head starts fresh" in capsys.readouterr().out
 
@@ -198,7 +247,22 @@ def test_default_recipe_keeps_conv_biases_frozen_and_original_trains_them(refere
     params = final_params(reference_run)["params"]
     assert not np.any(params["conv1"]["bias"]) and not np.any(params["res2a"]["branch2b"]["bias"])
     assert np.any(params["fc"]["bias"]) and np.any(params["res2a"]["bn_branch2b"]["bias"])
-    assert run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "orig", "--recipe", "original", "--epochs", 1, *TINY) == 0
+    assert (
+        run_train(
+            "--data-dir",
+            small_signs,
+            "--workdir",
+            tmp_path,
+            "--run",
+            "orig",
+            "--recipe",
+            "original",
+            "--epochs",
+            1,
+            *TINY,
+        )
+        == 0
+    )
     assert np.any(final_params(tmp_path / "orig")["params"]["conv1"]["bias"])
 
 
