@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from helpers import KERAS_FILES, ROOT
+from helpers import KERAS_FILES, ROOT, TINY  # TINY: the run shape test_evaluate trains too (shared compiles)
 from signs_jax import cli, data, evaluate, train
 from signs_jax.errors import UserError
 
@@ -21,18 +21,6 @@ LAYOUT = {
     "train_signs.h5": ("train_set_x", "train_set_y", "list_classes"),
     "test_signs.h5": ("test_set_x", "test_set_y", "list_classes"),
 }
-# the run shape test_evaluate trains too: in one pytest process the two share their compiled steps
-TINY = [
-    "--width",
-    "0.0625",
-    "--stage-sizes",
-    "1,1,1,1",
-    "--batch-size",
-    "16",
-    "--no-progress",
-    "--eval-batch-size",
-    "40",
-]
 
 
 def sha256(path: Path) -> str:
