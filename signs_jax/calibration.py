@@ -132,7 +132,7 @@ def plot_reliability(logits, labels, temperature: float, path, title: str = "rel
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .files import atomic_path
+    from .plots import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfectly calibrated")
@@ -152,12 +152,7 @@ def plot_reliability(logits, labels, temperature: float, path, title: str = "rel
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
     fig.tight_layout()
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ stored with a run

@@ -67,6 +67,8 @@ def plot_confusion(matrix, names, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plots import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.imshow(matrix, cmap="Blues")
     ax.set(
@@ -89,14 +91,7 @@ def plot_confusion(matrix, names, path: Path) -> Path:
                 color="white" if matrix[i, j] > matrix.max() / 2 else "black",
             )
     fig.tight_layout()
-    from .files import atomic_path
-
-    try:
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def _data_dir(cli_value, run_dir):

@@ -1,4 +1,4 @@
-"""Training curves as a PNG (matplotlib, drawn off-screen)."""
+"""Pictures as PNG files (matplotlib, drawn off-screen): training curves, and how every picture is saved."""
 
 from pathlib import Path
 from typing import Dict, List
@@ -29,6 +29,13 @@ def plot_curves(history: List[Dict], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path) -> Path:
+    """Write `fig` to `path` atomically (an old picture stays whole until the new one is complete) and close it."""
+    import matplotlib.pyplot as plt
+
     from .files import atomic_path
 
     try:

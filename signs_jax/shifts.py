@@ -521,6 +521,8 @@ def plot_curves(result: dict, names: Sequence[str], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plots import save_figure
+
     fig, ax = plt.subplots(figsize=(9, 5.5))
     colours = plt.get_cmap("tab20")
     for i, name in enumerate(names):
@@ -543,9 +545,7 @@ def plot_curves(result: dict, names: Sequence[str], path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def format_table(result: dict, names: Sequence[str]) -> str:
