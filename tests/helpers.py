@@ -1,6 +1,9 @@
 """Helpers the test modules share: paths, the tiny model's flags, and how to call and read the tools."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +71,17 @@ def error_line(capsys, *args) -> str:
 
 def json_lines(text):
     return [json.loads(line) for line in text.strip().splitlines()]
+
+
+def train_process(args, env_extra=None, **popen):
+    """`python -m signs_jax.train ARGS` as a real process (for signals, kill -9 and several processes)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), **(env_extra or {}))
+    return subprocess.Popen(
+        [sys.executable, "-m", "signs_jax.train", *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,
+    )

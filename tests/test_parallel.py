@@ -1,15 +1,12 @@
 """Data parallelism: 1 device, 4 forced host devices and 2 real processes (jax.distributed, gloo) agree."""
 
 import json
-import os
 import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from helpers import ROOT, TINY, final_params, metrics_of, run_train
+from helpers import TINY, final_params, metrics_of, run_train, train_process
 
 pytestmark = pytest.mark.slow  # several real processes and a 4-device subprocess
 
@@ -18,19 +15,6 @@ pytestmark = pytest.mark.slow  # several real processes and a 4-device subproces
 # by step into visibly different runs. A real data-parallel fault (per-device BatchNorm statistics,
 # gradients not summed over devices) differs by far more, from the first step.
 EPOCHS = ["--epochs", "1", "--lr", "2e-4"]
-
-
-def train_process(args, env_extra=None, **popen):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env_extra or {}))
-    return subprocess.Popen(
-        [sys.executable, "-m", "signs_jax.train", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **popen,
-    )
 
 
 def finished(proc, timeout=300):

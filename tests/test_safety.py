@@ -5,8 +5,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import KERAS_FILES, ROOT, TINY, metrics_of, run_train
+from helpers import KERAS_FILES, TINY, metrics_of, run_train, train_process
 from signs_jax import evaluate, keras_h5, predict, train
 from signs_jax.checkpoints import RunLock, newest_run
 from signs_jax.errors import UserError
@@ -479,18 +477,6 @@ def test_a_run_killed_in_its_first_save_is_not_picked_and_can_be_started_again(f
 
 
 # ------------------------------------------------------------------------------------ real processes
-
-
-def train_process(args):
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
-    return subprocess.Popen(
-        [sys.executable, "-m", "signs_jax.train", *map(str, args)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def wait_for(path: Path, proc, timeout=120):
