@@ -84,14 +84,14 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
-    from signs_jax.checkpoints import read_config
+    from signs_jax.checkpoints import read_train_config
     from signs_jax.cli import recorded_data_dir
     from signs_jax.data import load_dataset
 
     weights = load_weights(args.run)
     T = weights.temperature
     test = load_dataset(
-        recorded_data_dir(read_config(weights.run_dir), weights.run_dir), tuple(weights.model.input_shape[:2])
+        recorded_data_dir(read_train_config(weights.run_dir), weights.run_dir), tuple(weights.model.input_shape[:2])
     ).test
     sets = {
         "signs_test": (logits_of(weights.model, weights.variables, test.images.astype(np.float32) / 255.0), test.labels)

@@ -19,26 +19,25 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from foreign_photos import labelled_photos
 
-from signs_jax.checkpoints import read_config
+from signs_jax.checkpoints import read_train_config
 from signs_jax.cli import recorded_data_dir
-from signs_jax.data import hold_out_validation, load_dataset, near_copy_mask
+from signs_jax.data import near_copy_mask
+from signs_jax.experiment import _calibration_images, load_run_data
 from signs_jax.predict import predict_files
-from signs_jax.recipes import Recipe
 from signs_jax.steps import (
     evaluate,
     make_bn_statistics_step,
     make_eval_step,
     recalibrate_batch_stats,
 )
-from signs_jax.train import _calibration_images
 from signs_jax.weights import load_weights
 
 
 def variants(run: str, photos: Path):
     weights = load_weights(run)
-    cfg = read_config(weights.run_dir)
-    recipe, seed, batch_size = Recipe(**cfg["recipe"]), cfg["seed"], cfg["eval_batch_size"]  # as train.py
-    dataset = hold_out_validation(load_dataset(recorded_data_dir(cfg, weights.run_dir)), cfg["val_fraction"], seed)
+    config = read_train_config(weights.run_dir)
+    recipe, seed, batch_size = config.recipe, config.run.seed, config.run.eval_batch_size  # as the run trained
+    dataset = load_run_data(config, recorded_data_dir(config, weights.run_dir))
     chosen = np.random.default_rng([seed, 7]).permutation(len(dataset.train.labels))[: recipe.bn_recalibration_images]
     clean_test = ~near_copy_mask(dataset.test.images, dataset.train.images)
     files, labels = labelled_photos(photos, weights.class_names)

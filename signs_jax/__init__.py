@@ -27,6 +27,15 @@ _EXPORTS = {
     "load_dataset": "data",
     "adapt_batch_norm": "adapt",
     "fit_temperature": "calibration",
+    "TrainConfig": "config",
+    "ModelConfig": "config",
+    "DataConfig": "config",
+    "RunConfig": "config",
+    "load_config": "config",
+    "Recipe": "recipes",
+    "RECIPES": "recipes",
+    "train_and_evaluate": "experiment",
+    "TrainResult": "experiment",
     "expected_calibration_error": "calibration",
 }
 

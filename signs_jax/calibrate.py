@@ -25,14 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validation_split(run_dir: Path):
     """The run's validation split, rebuilt exactly as training held it out; None when it has none."""
-    from .checkpoints import read_config
+    from .checkpoints import read_train_config
     from .cli import recorded_data_dir
-    from .data import hold_out_validation, load_dataset
+    from .experiment import load_run_data
 
-    cfg = read_config(run_dir)
-    image_size = tuple(cfg["image_size"]) if cfg.get("image_size") else None
-    dataset = load_dataset(recorded_data_dir(cfg, run_dir), image_size)
-    dataset = hold_out_validation(dataset, cfg.get("val_fraction", 0.0), cfg["seed"])
+    config = read_train_config(run_dir)
+    dataset = load_run_data(config, recorded_data_dir(config, run_dir))
     if dataset.validation is None or not len(dataset.validation.labels):
         return None
     return dataset.validation

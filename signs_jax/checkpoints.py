@@ -59,6 +59,13 @@ def read_config(run_dir: Path) -> Dict[str, Any]:
         raise UserError(f"{path}: unreadable run config ({err})") from None
 
 
+def read_train_config(run_dir: Path):
+    """A run's config.json as the TrainConfig it serialises (earlier runs' flat layout included)."""
+    from .config import TrainConfig
+
+    return TrainConfig.from_dict(read_config(run_dir), str(Path(run_dir) / CONFIG_FILE))
+
+
 class RunCheckpoints:
     """Save every epoch (and on interruption); keep the latest few and the best by `score`."""
 

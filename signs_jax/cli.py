@@ -2,7 +2,7 @@
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Optional
 
 from .errors import UserError
 
@@ -16,11 +16,14 @@ def data_dir(cli_value: Optional[str] = None) -> Path:
     """--data-dir, then $SIGNS_DATA_DIR, then ./datasets if it holds data, else the packaged SIGNS copy.
 
     A directory the user named (flag or variable) must hold data: falling back to the packaged copy
-    would train or evaluate on data other than the one asked for.
+    would train or evaluate on data other than the one asked for. `packaged:SIGNS` names the packaged copy.
     """
+    from .config import PACKAGED_DATA
     from .data import PACKAGED_SIGNS, holds_data, missing_data_message
 
     for value, given_by in ((cli_value, "--data-dir"), (os.environ.get(DATA_DIR_ENV), f"${DATA_DIR_ENV}")):
+        if value == PACKAGED_DATA:
+            return Path(PACKAGED_SIGNS)
         if value:
             if not holds_data(value):
                 raise UserError(missing_data_message(value, given_by))
@@ -28,26 +31,23 @@ def data_dir(cli_value: Optional[str] = None) -> Path:
     return LOCAL_DATA_DIR if holds_data(LOCAL_DATA_DIR) else Path(PACKAGED_SIGNS)
 
 
-def data_record(directory: Path) -> Dict[str, Any]:
-    """The config.json entries that name a run's data: a directory's absolute path, or the packaged copy.
+def data_record(directory: Path) -> str:
+    """How a run records its data (`data.dir` of its config): a directory's absolute path, or the packaged copy
+    by name, so that a run still finds it after the package is reinstalled or moved."""
+    from .config import PACKAGED_DATA
+    from .data import is_packaged
 
-    The packaged copy is recorded by name, not by path, so that a run still finds it after the package
-    is reinstalled or moved (another virtual environment, another Python version).
-    """
-    from .data import PACKAGED_SOURCE, is_packaged
-
-    if is_packaged(directory):
-        return {"data_dir": None, "data": PACKAGED_SOURCE}
-    return {"data_dir": str(Path(directory).absolute())}
+    return PACKAGED_DATA if is_packaged(directory) else str(Path(directory).absolute())
 
 
-def recorded_data_dir(cfg: Dict[str, Any], run_dir: Path, hint: str = "") -> Path:
-    """The data a run was trained on, from its config.json (as `data_record` wrote it, or an older path)."""
+def recorded_data_dir(config, run_dir: Path, hint: str = "") -> Path:
+    """The data a run was trained on, from its TrainConfig (`data.dir`, as `data_record` wrote it)."""
+    from .config import PACKAGED_DATA
     from .data import PACKAGED_SIGNS, holds_data, missing_data_message
 
-    if cfg.get("data_dir") is None:
+    if config.data.dir in (None, PACKAGED_DATA):
         return Path(PACKAGED_SIGNS)
-    directory = Path(cfg["data_dir"])
+    directory = Path(config.data.dir)
     if not holds_data(directory):
         raise UserError(f"{missing_data_message(directory)}; {run_dir} was trained on it{hint}")
     return directory

@@ -103,9 +103,11 @@ def _data_dir(cli_value, run_dir):
     """
     if cli_value or run_dir is None:
         return cli.data_dir(cli_value)
-    from .checkpoints import read_config
+    from .checkpoints import read_train_config
 
-    return cli.recorded_data_dir(read_config(run_dir), run_dir, hint=" (pass --data-dir to evaluate on other data)")
+    return cli.recorded_data_dir(
+        read_train_config(run_dir), run_dir, hint=" (pass --data-dir to evaluate on other data)"
+    )
 
 
 def run(args) -> int:

@@ -184,8 +184,8 @@ def test_the_photo_geometry_reaches_its_limits():
 
 
 def test_statistics_images_are_clean_or_one_seeded_augmented_draw():
+    from signs_jax.experiment import _calibration_images
     from signs_jax.recipes import RECIPES
-    from signs_jax.train import _calibration_images
 
     images = (np.asarray(skin_hand_on_wall()[0])[None].repeat(8, 0) * 255).astype(np.uint8)
     recipe = RECIPES["photo"]

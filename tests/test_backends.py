@@ -12,6 +12,7 @@ import signs_jax
 from signs_jax import train
 from signs_jax.checkpoints import model_from_config
 from signs_jax.conv import MatmulConv, MatmulInferenceConv
+from signs_jax.experiment import resolve
 from signs_jax.layers import XlaConv
 from signs_jax.recipes import RECIPES
 from signs_jax.steps import create_state, make_optimizer, make_train_step
@@ -63,9 +64,9 @@ def test_a_restored_run_gets_the_conv_its_config_records_else_the_backends(backe
 @pytest.mark.parametrize("argv, recorded", [([], None), (["--conv", "matmul"], "matmul"), (["--conv", "xla"], "xla")])
 def test_a_new_run_records_the_conv_only_when_the_user_chose_one(argv, recorded):
     args = train.build_parser().parse_args(argv)
-    train.choose_recipe(args)
     dataset = types.SimpleNamespace(num_classes=6, class_names=list("012345"), image_shape=(64, 64, 3))
-    assert train._new_config(args, dataset, None, None)["model"]["conv"] == recorded
+    resolved = resolve(train.config_from_args(args), dataset)
+    assert resolved.to_dict()["model"]["conv"] == recorded
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,10 @@ from PIL import Image
 from helpers import KERAS_FILES, TINY, metrics_of, run_train, train_process
 from signs_jax import evaluate, keras_h5, predict, train
 from signs_jax.checkpoints import RunLock, newest_run
+from signs_jax.config import MIN_IMAGE_SIDE
 from signs_jax.errors import UserError
 from signs_jax.files import atomic_write, check_write_target
+from signs_jax.rundir import RunDirectory
 
 KERAS_MODEL = str(KERAS_FILES["keras2_model"])
 
@@ -208,7 +210,11 @@ def test_bad_train_flags_are_one_line_before_anything_is_written(flags, named, s
 
 @pytest.mark.parametrize(
     "flags, named",
-    [(["--batch-size", "1000"], "--batch-size"), (["--val-fraction", "0.99"], "--val-fraction")],
+    [
+        (["--batch-size", "1000"], "--batch-size"),
+        # every class keeps one training image: 6 left, fewer than a batch of 16
+        (["--val-fraction", "0.99"], "--batch-size 16: larger than the training set (6 images)"),
+    ],
     ids=["batch", "val"],
 )
 @pytest.mark.slow
@@ -241,9 +247,9 @@ def test_the_smallest_image_side_is_the_models():
         shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, side, side, 3), np.float32)))
         return shapes["params"]["fc"]["kernel"].shape[0]
 
-    assert head_inputs(train.MIN_IMAGE_SIDE) > 0
+    assert head_inputs(MIN_IMAGE_SIDE) > 0
     try:
-        assert head_inputs(train.MIN_IMAGE_SIDE - 1) == 0
+        assert head_inputs(MIN_IMAGE_SIDE - 1) == 0
     except (ValueError, TypeError, ZeroDivisionError):
         pass  # or the model refuses it outright
 
@@ -281,19 +287,19 @@ def test_any_numeric_train_flags_are_accepted_sane_or_refused_in_one_line(values
     if args is None:
         return
     try:
-        train.validate_args(args)
+        config = train.config_from_args(args)
     except UserError as err:
         assert "\n" not in str(err)
         return
-    for value in (args.lr, args.val_fraction, args.width):  # accepted: every value is one a run can use
-        assert value is None or np.isfinite(value)
-    assert args.lr is None or args.lr > 0
-    assert args.epochs is None or args.epochs >= 1
-    assert args.batch_size is None or args.batch_size >= 1
-    assert args.eval_batch_size >= 1 and 0 <= args.val_fraction < 1 and 0 <= args.seed < 2**32
-    assert args.width > 0 and round(64 * args.width) >= 1
-    assert not args.image_size or min(args.image_size) >= train.MIN_IMAGE_SIDE
-    np.random.default_rng([args.seed, 7])  # the seeds the run makes do not fail
+    recipe, run = config.recipe, config.run
+    width = config.model.width  # None: the original's (resolved at the start)
+    for value in (recipe.lr, recipe.val_fraction, width or 1.0):  # accepted: every value is one a run can use
+        assert np.isfinite(value)
+    assert recipe.lr > 0 and recipe.epochs >= 1 and recipe.batch_size >= 1
+    assert run.eval_batch_size >= 1 and 0 <= recipe.val_fraction < 1 and 0 <= run.seed < 2**32
+    assert width is None or (width > 0 and round(64 * width) >= 1)
+    assert not config.data.image_size or min(config.data.image_size) >= MIN_IMAGE_SIDE
+    np.random.default_rng([run.seed, 7])  # the seeds the run makes do not fail
 
 
 @settings(max_examples=200, deadline=None)
@@ -339,12 +345,10 @@ def test_predict_names_incomplete_runs_when_there_is_no_other(photo, tmp_path, c
 
 
 def test_default_run_names_started_in_the_same_second_differ(tmp_path, monkeypatch):
-    monkeypatch.setattr(time, "strftime", lambda *a: "20250101-000000")
-    args = train.build_parser().parse_args(["--workdir", str(tmp_path)])
-    places = [train.RunDirectory(args) for _ in range(3)]
+    places = [RunDirectory(tmp_path, None) for _ in range(3)]
     try:
         for place in places:
-            place.prepare(primary=True)
+            place.prepare_new("default-seed0-20250101-000000")  # three starts in the same second
             place.create()
         assert len({p.path for p in places}) == 3 and all(p.path.is_dir() for p in places)
     finally:

@@ -1,0 +1,17 @@
+"""A narrow, shallow ResNet (1/8 of the filters, one block per stage) for a few epochs: for trying the tools,
+the Python API and sweeps in seconds, not for results.
+
+Command: python -m signs_jax.train --config tiny
+Expect:  about 20-40 s on 2 CPU cores; test accuracy around 0.5-0.8, varying with the seed.
+"""
+
+from signs_jax.config import ModelConfig, TrainConfig
+from signs_jax.recipes import RECIPES
+
+
+def get_config() -> TrainConfig:
+    return TrainConfig(
+        recipe_name="default",
+        recipe=RECIPES["default"].replace(epochs=4, bn_recalibration_images=240),
+        model=ModelConfig(width=0.125, stage_sizes=(1, 1, 1, 1)),
+    )
