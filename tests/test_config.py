@@ -4,11 +4,10 @@ import json
 import re
 
 import pytest
-from helpers import ROOT
 
+from helpers import ROOT
 from signs_jax import config, train
 from signs_jax.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from signs_jax.errors import UserError
 from signs_jax.recipes import RECIPES
 
 # config.json as runs wrote it before the configuration had sections (a run of the default recipe, seed 0).
@@ -98,7 +97,8 @@ def test_config_files_named_python_and_json(tmp_path):
     assert tiny.model.stage_sizes == (1, 1, 1, 1) and "tiny" in config.named_configs()
     source = tmp_path / "mine.py"
     source.write_text(
-        "from signs_jax import TrainConfig, RunConfig\n\ndef get_config():\n    return TrainConfig(run=RunConfig(seed=9))\n"
+        "from signs_jax import TrainConfig, RunConfig\n\n"
+        "def get_config():\n    return TrainConfig(run=RunConfig(seed=9))\n"
     )
     assert config.load_config(str(source)).run.seed == 9
     stored = tmp_path / "config.json"

@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-from helpers import ROOT
 
+from helpers import ROOT
 from signs_jax import sweep
 from signs_jax.config import TrainConfig
 from signs_jax.errors import UserError
