@@ -67,29 +67,10 @@ def plot_confusion(matrix, names, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plots import save_figure
+    from .plots import draw_confusion, save_figure
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set(
-        xticks=range(len(names)),
-        yticks=range(len(names)),
-        xticklabels=names,
-        yticklabels=names,
-        xlabel="predicted",
-        ylabel="true",
-        title="confusion matrix",
-    )
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(
-                j,
-                i,
-                int(matrix[i, j]),
-                ha="center",
-                va="center",
-                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
-            )
+    draw_confusion(ax, matrix, names)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -1,4 +1,4 @@
-"""Pictures as PNG files (matplotlib, drawn off-screen): training curves, and how every picture is saved."""
+"""Pictures (matplotlib, drawn off-screen): training curves, the confusion matrix, and how every PNG is saved."""
 
 from pathlib import Path
 from typing import Dict, List
@@ -30,6 +30,36 @@ def plot_curves(history: List[Dict], path: Path) -> Path:
         ax.legend()
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def draw_confusion(ax, matrix, names) -> None:
+    """A confusion matrix (rows: truth, columns: prediction) on `ax`, every cell labelled with its value."""
+    import numpy as np
+
+    matrix = np.asarray(matrix)
+    ax.imshow(matrix, cmap="Blues")
+    ax.set(
+        xticks=range(len(names)),
+        yticks=range(len(names)),
+        xticklabels=names,
+        yticklabels=names,
+        xlabel="predicted",
+        ylabel="true",
+        title="confusion matrix",
+    )
+    # A NaN cell (a normalised row of a class with no examples) is labelled "nan", never an error.
+    dark_above = np.nanmax(matrix) / 2 if np.isfinite(matrix).any() else np.inf
+    for i in range(len(names)):
+        for j in range(len(names)):
+            value = float(matrix[i, j])
+            ax.text(
+                j,
+                i,
+                str(int(value)) if value.is_integer() else f"{value:.2f}",
+                ha="center",
+                va="center",
+                color="white" if value > dark_above else "black",
+            )
 
 
 def save_figure(fig, path) -> Path:
