@@ -26,12 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
 def validation_split(run_dir: Path):
     """The run's validation split, rebuilt exactly as training held it out; None when it has none."""
     from .checkpoints import read_config
-    from .cli import recorded_data_dir
-    from .data import hold_out_validation, load_dataset
+    from .cli import recorded_data_dir, recorded_split
+    from .data import SPLIT_FILE, hold_out_validation, load_run_test_data
 
     cfg = read_config(run_dir)
     image_size = tuple(cfg["image_size"]) if cfg.get("image_size") else None
-    dataset = load_dataset(recorded_data_dir(cfg, run_dir), image_size)
+    test_fraction, seed = recorded_split(cfg)
+    dataset = load_run_test_data(
+        recorded_data_dir(cfg, run_dir), image_size, test_fraction, seed, Path(run_dir) / SPLIT_FILE
+    )
     dataset = hold_out_validation(dataset, cfg.get("val_fraction", 0.0), cfg["seed"])
     if dataset.validation is None or not len(dataset.validation.labels):
         return None

@@ -2,7 +2,7 @@
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from .errors import UserError
 
@@ -51,3 +51,12 @@ def recorded_data_dir(cfg: Dict[str, Any], run_dir: Path, hint: str = "") -> Pat
     if not holds_data(directory):
         raise UserError(f"{missing_data_message(directory)}; {run_dir} was trained on it{hint}")
     return directory
+
+
+def recorded_split(cfg: Dict[str, Any]) -> Tuple[float, int]:
+    """(test fraction, seed) with which a run split a folder of class sub-folders, from its config.json."""
+    from .data import DEFAULT_TEST_FRACTION
+
+    data_section = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
+    run_section = cfg.get("run") if isinstance(cfg.get("run"), dict) else {}
+    return data_section.get("test_fraction", DEFAULT_TEST_FRACTION), run_section.get("seed", cfg.get("seed", 0))

@@ -379,7 +379,7 @@ def load_class_folders(
     listings = {"train": [items[i] for i in train_idx], "test": [items[i] for i in test_idx]}
     splits, class_names, kept = _read_listings(listings, image_size)
     files = {name: tuple(_relative_name(p, directory) for p in paths) for name, paths in kept.items()}
-    source = f"{directory} (class folders, {test_fraction:g} of each class held out for testing with seed {seed})"
+    source = f"{directory} (class folders, test fraction {test_fraction:g}, seed {seed})"
     return Dataset(splits["train"], splits["test"], class_names, source, files=files)
 
 

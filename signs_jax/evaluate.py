@@ -122,10 +122,7 @@ def _run_split(run_dir, data_dir, data_dir_given: bool):
     from .files import same_file
 
     cfg = read_config(run_dir)
-    data_section = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
-    run_section = cfg.get("run") if isinstance(cfg.get("run"), dict) else {}
-    test_fraction = data_section.get("test_fraction", DEFAULT_TEST_FRACTION)
-    seed = run_section.get("seed", cfg.get("seed", 0))
+    test_fraction, seed = cli.recorded_split(cfg)
     recorded = cfg.get("data_dir")
     own = not data_dir_given or (recorded is not None and same_file(Path(data_dir), Path(recorded)))
     return test_fraction, seed, Path(run_dir) / SPLIT_FILE if own else None

@@ -278,3 +278,18 @@ def test_evaluate_splits_with_the_runs_fraction_and_seed(folder, tmp_path):
     assert evaluate._run_split(run, folder, data_dir_given=True)[2] == run / data.SPLIT_FILE  # the same folder
     assert evaluate._run_split(run, tmp_path / "other", data_dir_given=True) == (0.3, 5, None)  # not recorded
     assert evaluate._run_split(None, folder, data_dir_given=True) == (data.DEFAULT_TEST_FRACTION, 0, None)
+
+
+def test_calibration_holds_validation_out_of_the_runs_own_training_part(folder, tmp_path):
+    from signs_jax.calibrate import validation_split
+
+    run = write_config(tmp_path / "run", {"seed": 2, "val_fraction": 0.2, "data_dir": str(folder), "image_size": None})
+    split = data.load_dataset(folder, seed=2)
+    validation = validation_split(run)
+    levels = {int(image[0, 0, 0]) for image in validation.images}
+    assert levels and levels <= {level_of(n) for n in split.files["train"]}
+    recorded(folder, tmp_path / "run", seed=2)
+    write_image(folder / "cat" / "img9.png", shade(0, 9))
+    write_image(folder / "cat" / "img10.png", shade(0, 10))  # 9 cats: 2 test images instead of 1
+    with pytest.raises(UserError):
+        validation_split(run)
