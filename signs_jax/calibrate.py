@@ -27,10 +27,11 @@ def validation_split(run_dir: Path):
     """The run's validation split, rebuilt exactly as training held it out; None when it has none."""
     from .checkpoints import read_train_config
     from .cli import recorded_data_dir
+    from .data import SPLIT_FILE
     from .experiment import load_run_data
 
     config = read_train_config(run_dir)
-    dataset = load_run_data(config, recorded_data_dir(config, run_dir))
+    dataset = load_run_data(config, recorded_data_dir(config, run_dir), Path(run_dir) / SPLIT_FILE)
     if dataset.validation is None or not len(dataset.validation.labels):
         return None
     return dataset.validation

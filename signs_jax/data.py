@@ -2,13 +2,18 @@
 
 Images are kept as uint8 (N, H, W, 3) and scaled to [0, 1] on the device, as the original divides by 255.
 A copy of SIGNS ships inside the package (`PACKAGED_SIGNS`, loaded by `load_signs()`).
+
+A folder of class sub-folders without a train/test split (what Keras's `image_dataset_from_directory`
+reads) is split here, seeded and stratified; `write_split` records the split a run used and
+`check_split` tells whether the folder still gives the same test set.
 """
 
 import hashlib
+import json
 import re
 import warnings
 from pathlib import Path
-from typing import Iterator, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -45,6 +50,9 @@ FOLDER_INTERPOLATION = "bilinear"
 # the same shot at 6-15, and unrelated photos of the same sign start at about 16.
 NEAR_COPY_RMS = 15.0
 
+DEFAULT_TEST_FRACTION = 0.2
+SPLIT_FILE = "split.json"  # a run's record of the files of each split, in its run directory
+
 
 class Split(NamedTuple):
     images: np.ndarray  # uint8 (N, H, W, 3)
@@ -57,6 +65,10 @@ class Dataset(NamedTuple):
     class_names: Tuple[str, ...]
     source: str
     validation: Optional[Split] = None
+    # For a folder of class sub-folders (the only data whose split is made here): the files of each split
+    # ("train", "test", and "validation" once held out), relative to the folder, "/"-separated, in the order
+    # of the split's images. None for data that comes split (the h5 pair, train/ and test/ folders).
+    files: Optional[Dict[str, Tuple[str, ...]]] = None
 
     @property
     def num_classes(self) -> int:
@@ -67,22 +79,36 @@ class Dataset(NamedTuple):
         return tuple(self.train.images.shape[1:])
 
 
+def _sub_folders(directory: Path) -> List[Path]:
+    """The visible sub-folders (not `.git`, `.ipynb_checkpoints` and the like), sorted."""
+    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+
+
 def holds_data(directory) -> bool:
-    """Whether `directory` looks like a data set: an h5 file of the pair, or train*/ and test*/ image folders."""
+    """Whether `directory` looks like a data set: an h5 file of the pair, train*/ and test*/ image folders, or
+    class sub-folders holding images."""
     directory = Path(directory)
     if not directory.is_dir():
         return False
     if any((directory / filename).exists() for filename, _, _ in H5_FILES.values()):
         return True
-    folders = [p.name.lower() for p in directory.iterdir() if p.is_dir()]
-    return any(n.startswith("train") for n in folders) and any(n.startswith("test") for n in folders)
+    folders = _sub_folders(directory)
+    names = [p.name.lower() for p in folders]
+    if any(n.startswith("train") for n in names) and any(n.startswith("test") for n in names):
+        return True
+    return any(_holds_images(p) for p in folders)
 
 
 def missing_data_message(directory, given_by: str = "") -> str:
     """One line: `directory` (named by `given_by`, e.g. "--data-dir") holds no data set."""
     where = f"{given_by} {directory}" if given_by else str(directory)
     return (
-        f"{where}: no SIGNS data there (expected train_signs.h5 and test_signs.h5, or image folders train*/ and test*/)"
+        f"{where}: no SIGNS data there (expected train_signs.h5 and test_signs.h5, image folders train*/ and "
+        "test*/, or one sub-folder of images per class)"
     )
 
 
@@ -113,8 +139,20 @@ def load_signs() -> Dataset:
     return load_dataset(PACKAGED_SIGNS)
 
 
-def load_dataset(directory, image_size: Optional[Tuple[int, int]] = None) -> Dataset:
-    """The SIGNS h5 pair in `directory`, or image folders `train*/` and `test*/` (optional `val*/`) in it.
+def load_dataset(
+    directory,
+    image_size: Optional[Tuple[int, int]] = None,
+    *,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
+) -> Dataset:
+    """The data set in `directory`, in the first of these layouts that it has:
+
+    - the SIGNS h5 pair (`train_signs.h5`, `test_signs.h5`);
+    - image folders `train*/` and `test*/` (optional `val*/`); any other sub-folder is ignored, so a folder
+      that has both these and class sub-folders is read as split already;
+    - class sub-folders of images and nothing else (`split_class_folders`): `test_fraction` of each class,
+      chosen by `seed`, is the test set; `files` names the files of each split.
 
     `image_size` resizes image folders (default: the first training image's size); h5 images stay as stored.
     The packaged copy (`PACKAGED_SIGNS`) is checksum-verified first.
@@ -127,13 +165,20 @@ def load_dataset(directory, image_size: Optional[Tuple[int, int]] = None) -> Dat
         raise UserError(missing_data_message(directory))
     if any((directory / filename).exists() for filename, _, _ in H5_FILES.values()):
         return load_signs_h5(directory)
-    folders = {p.name.lower(): p for p in directory.iterdir() if p.is_dir()}
+    folders = {p.name.lower(): p for p in _sub_folders(directory)}
     train = [p for n, p in sorted(folders.items()) if n.startswith("train")]
     test = [p for n, p in sorted(folders.items()) if n.startswith("test")]
     val = [p for n, p in sorted(folders.items()) if n.startswith("val")]
-    if not train or not test:
+    if train and test:
+        return load_image_folders(train[0], test[0], val[0] if val else None, image_size)
+    if train or test:  # half a split: not to be mistaken for a class named "train" or "test"
+        raise UserError(
+            f"{directory}: has a {(train or test)[0].name}/ folder but no {'test' if train else 'train'}*/ folder "
+            f"beside it (to split a folder of class sub-folders, give that folder itself)"
+        )
+    if not folders:
         raise UserError(missing_data_message(directory))
-    return load_image_folders(train[0], test[0], val[0] if val else None, image_size)
+    return load_class_folders(directory, image_size, test_fraction=test_fraction, seed=seed)
 
 
 # ---------------------------------------------------------------------------------------------- h5
@@ -226,15 +271,16 @@ def _class_sort_key(name: str):
     return (0, int(name), name) if name.isdigit() else (1, 0, name)
 
 
-def load_image_folders(train_dir, test_dir, val_dir=None, image_size=None) -> Dataset:
-    """Image folders as a Dataset; unreadable files are skipped with one warning that lists them."""
-    listings = {"train": list_images(train_dir), "test": list_images(test_dir)}
-    if val_dir is not None:
-        listings["validation"] = list_images(val_dir)
+def _read_listings(listings, image_size) -> Tuple[Dict[str, Split], Tuple[str, ...], Dict[str, List[Path]]]:
+    """Every listed (file, class) decoded: the splits, the class names, and the files each split kept.
+
+    Unreadable files are skipped with one warning that lists them. `image_size` None: the size of the first
+    readable training image, as it is shown (EXIF applied).
+    """
     class_names = tuple(sorted({c for items in listings.values() for _, c in items}, key=_class_sort_key))
     index = {c: i for i, c in enumerate(class_names)}
-    splits, skipped = {}, []
-    if image_size is None:  # the size of the first readable training image, as it is shown (EXIF applied)
+    splits, kept, skipped = {}, {}, []
+    if image_size is None:
         for path, _ in listings["train"]:
             try:
                 image_size = decode_image(path, None, exif=True).shape[:2]
@@ -244,11 +290,12 @@ def load_image_folders(train_dir, test_dir, val_dir=None, image_size=None) -> Da
         else:
             raise UserError(f"{listings['train'][0][0].parent}: none of {len(listings['train'])} images could be read")
     for name, items in listings.items():
-        images, labels = [], []
+        images, labels, paths = [], [], []
         for path, cls in items:
             try:
                 images.append(decode_image(path, image_size, FOLDER_INTERPOLATION, exif=True, draft=False))
                 labels.append(index[cls])
+                paths.append(path)
             except ImageError as err:  # its message names the file and says why
                 skipped.append(str(err))
             except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not fatal
@@ -256,10 +303,159 @@ def load_image_folders(train_dir, test_dir, val_dir=None, image_size=None) -> Da
         if not images:
             raise UserError(f"{items[0][0].parent}: none of {len(items)} images could be read")
         splits[name] = Split(np.stack(images), np.asarray(labels, np.int32))
+        kept[name] = paths
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped), stacklevel=2)
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped), stacklevel=3)
+    return splits, class_names, kept
+
+
+def load_image_folders(train_dir, test_dir, val_dir=None, image_size=None) -> Dataset:
+    """Image folders as a Dataset; unreadable files are skipped with one warning that lists them."""
+    listings = {"train": list_images(train_dir), "test": list_images(test_dir)}
+    if val_dir is not None:
+        listings["validation"] = list_images(val_dir)
+    splits, class_names, _ = _read_listings(listings, image_size)
     source = f"{Path(train_dir).parent} (image folders)"
     return Dataset(splits["train"], splits["test"], class_names, source, splits.get("validation"))
+
+
+def _split_rank(seed: int, name: str) -> bytes:
+    # A hash of (seed, file name), not a numpy permutation: the same on every machine and numpy version,
+    # and a file added to a class moves at most one other file of that class between the splits.
+    return hashlib.sha256(f"{seed}/{name}".encode()).digest()
+
+
+def split_class_folders(
+    names: Sequence[str], classes: Sequence[str], test_fraction: float, seed: int
+) -> Tuple[List[int], List[int]]:
+    """Indices of the (train, test) files: per class, round(`test_fraction` of it) files go to test, at least
+    one of a class with two or more and never its last one; which ones is decided by (`seed`, file name)."""
+    by_class: Dict[str, List[int]] = {}
+    for i, cls in enumerate(classes):
+        by_class.setdefault(cls, []).append(i)
+    test = []
+    for members in by_class.values():
+        count = int(round(len(members) * test_fraction))
+        count = min(max(count, 1), len(members) - 1) if len(members) >= 2 else 0
+        test += sorted(members, key=lambda i: _split_rank(seed, names[i]))[:count]
+    chosen = set(test)
+    return [i for i in range(len(names)) if i not in chosen], sorted(test)
+
+
+def _relative_name(path: Path, directory: Path) -> str:
+    return path.relative_to(directory).as_posix()
+
+
+def load_class_folders(
+    directory, image_size=None, *, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0
+) -> Dataset:
+    """A folder of class sub-folders, split into train and test by `split_class_folders`.
+
+    Every visible sub-folder is a class and must hold images (files directly in it); at least two classes.
+    The split is made on the listing, before decoding, so that an unreadable file (skipped with a warning)
+    does not move others between the splits.
+    """
+    directory = Path(directory)
+    if not 0 < test_fraction < 1:
+        raise UserError(f"--test-fraction must be between 0 and 1 (both excluded), got {test_fraction}")
+    items = []
+    for folder in _sub_folders(directory):
+        images = [(p, folder.name) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not images:
+            raise UserError(
+                f"{folder}: no images in this class folder (every sub-folder of {directory} is a class and "
+                "needs .jpg, .png or other image files directly in it)"
+            )
+        items += images
+    classes = sorted({c for _, c in items}, key=_class_sort_key)
+    if len(classes) < 2:
+        raise UserError(f"{directory}: only one class folder ({classes[0]}/); a classifier needs at least two")
+    names = [_relative_name(p, directory) for p, _ in items]
+    train_idx, test_idx = split_class_folders(names, [c for _, c in items], test_fraction, seed)
+    if not test_idx:
+        raise UserError(
+            f"{directory}: too few images to split off a test set (a class needs two images to give one to it)"
+        )
+    listings = {"train": [items[i] for i in train_idx], "test": [items[i] for i in test_idx]}
+    splits, class_names, kept = _read_listings(listings, image_size)
+    files = {name: tuple(_relative_name(p, directory) for p in paths) for name, paths in kept.items()}
+    source = f"{directory} (class folders, test fraction {test_fraction:g}, seed {seed})"
+    return Dataset(splits["train"], splits["test"], class_names, source, files=files)
+
+
+# ---------------------------------------------------------------------------------- recorded splits
+
+
+def write_split(dataset: Dataset, path) -> Optional[Path]:
+    """Record the files of each split of `dataset` (after any validation hold-out) as JSON at `path`.
+
+    Nothing is written for data that comes split (`files` None): its split is its folders or files.
+    Returns the path written, or None.
+    """
+    if dataset.files is None:
+        return None
+    from .files import write_text_atomic
+
+    record = {
+        "source": dataset.source,
+        "class_names": list(dataset.class_names),
+        "files": {name: list(names) for name, names in dataset.files.items()},
+    }
+    path = Path(path)
+    write_text_atomic(path, json.dumps(record, indent=1) + "\n")
+    return path
+
+
+def read_split(path) -> Dict[str, Tuple[str, ...]]:
+    """The files of each split recorded by `write_split`; a missing or malformed record is one UserError line."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+        files = {str(name): tuple(map(str, names)) for name, names in record["files"].items()}
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the recorded split ({err.strerror or err})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"{path}: not a split record written by signs_jax ({type(err).__name__}: {err})") from None
+    if "test" not in files:
+        raise UserError(f"{path}: not a split record written by signs_jax (it has no test files)")
+    return files
+
+
+def check_split(dataset: Dataset, path) -> None:
+    """Raise a UserError (one line) when `dataset`'s test set is not the one recorded at `path`.
+
+    The folder may have gained or lost images since the split was recorded; what matters is the test set:
+    it must be exactly the recorded one, which also means none of its images was a training or validation
+    image of the run. A change that only touches the training part is not an error. Data that comes split
+    (`files` None) has nothing to check.
+    """
+    if dataset.files is None:
+        return
+    recorded = read_split(path)
+    recorded_test = set(recorded["test"])
+    recorded_all = set().union(*recorded.values())
+    test = set(dataset.files["test"])
+    if test == recorded_test:
+        return
+    now_all = set().union(*dataset.files.values())
+    added, removed = len(now_all - recorded_all), len(recorded_all - now_all)
+    trained_on = len(test & (recorded_all - recorded_test))
+    folder = dataset.source.partition(" (class folders")[0]
+    raise UserError(
+        f"{folder}: changed since its split was recorded in {path} ({added} image(s) added, {removed} removed), "
+        f"and the test set is no longer the recorded one ({len(test - recorded_test)} new test image(s), "
+        f"{trained_on} of them trained on; {len(recorded_test - test)} recorded test image(s) left out); "
+        "restore the folder, or pass --data-dir to evaluate on other data"
+    )
+
+
+def load_run_test_data(directory, image_size, test_fraction: float, seed: int, split_file=None) -> Dataset:
+    """A run's data as `load_dataset` makes it with the run's `test_fraction` and `seed`, checked against
+    the run's recorded split (`check_split`) when `split_file` is given and exists."""
+    dataset = load_dataset(directory, image_size, test_fraction=test_fraction, seed=seed)
+    if split_file is not None and Path(split_file).is_file():
+        check_split(dataset, split_file)
+    return dataset
 
 
 # --------------------------------------------------------------------------------- splits, batches
@@ -289,7 +485,15 @@ def hold_out_validation(dataset: Dataset, fraction: float, seed: int, at_least_o
     mask[val_idx] = True
     train = Split(dataset.train.images[~mask], dataset.train.labels[~mask])
     val = Split(dataset.train.images[mask], dataset.train.labels[mask])
-    return dataset._replace(train=train, validation=val)
+    files = dataset.files
+    if files is not None:
+        names = files["train"]
+        files = {
+            **files,
+            "train": tuple(n for n, held in zip(names, mask) if not held),
+            "validation": tuple(n for n, held in zip(names, mask) if held),
+        }
+    return dataset._replace(train=train, validation=val, files=files)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:

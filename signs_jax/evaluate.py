@@ -91,13 +91,31 @@ def _data_dir(cli_value, run_dir):
     )
 
 
+def _run_split(run_dir, data_dir, data_dir_given: bool):
+    """(test fraction, seed, split record) with which a run's class-folder data is split again, as training did.
+
+    The split record is checked only when `data_dir` is the run's own data: other data given by --data-dir is
+    split with the run's fraction and seed, but was never recorded. A Keras .h5 (no run) gets the defaults.
+    """
+    from .data import DEFAULT_TEST_FRACTION, SPLIT_FILE
+
+    if run_dir is None:
+        return DEFAULT_TEST_FRACTION, 0, None
+    from .checkpoints import read_train_config
+    from .files import same_file
+
+    config = read_train_config(run_dir)
+    own = not data_dir_given or same_file(Path(data_dir), cli.data_dir(config.data.dir))
+    return config.data.test_fraction, config.run.seed, Path(run_dir) / SPLIT_FILE if own else None
+
+
 def run(args) -> int:
     import logging
 
     import numpy as np
 
     from .calibration import ECE_BINS, calibration_report, nll, plot_reliability
-    from .data import load_dataset, near_copy_mask
+    from .data import load_run_test_data, near_copy_mask
     from .errors import UserError
     from .predict import logits_of
     from .weights import load_weights
@@ -118,7 +136,8 @@ def run(args) -> int:
     check_write_target(reliability_png, "--reliability-png", "png")
     model = weights.model
     data_dir = _data_dir(args.data_dir, weights.run_dir)
-    dataset = load_dataset(data_dir, tuple(model.input_shape[:2]))
+    test_fraction, seed, split_file = _run_split(weights.run_dir, data_dir, bool(args.data_dir))
+    dataset = load_run_test_data(data_dir, tuple(model.input_shape[:2]), test_fraction, seed, split_file)
     if dataset.num_classes != model.num_classes:
         raise UserError(f"{data_dir}: {dataset.num_classes} classes, but the model has {model.num_classes}")
     if dataset.image_shape != tuple(model.input_shape):

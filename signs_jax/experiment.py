@@ -144,12 +144,16 @@ def resolve(config: TrainConfig, dataset, start=None) -> TrainConfig:
     return dataclasses.replace(config, model=model, recipe=recipe, run=run)
 
 
-def load_run_data(config: TrainConfig, directory: Optional[Path] = None):
-    """The data of a run as it trains on it: its directory (default: as recorded), image size, splits."""
-    from .data import hold_out_validation, load_dataset
+def load_run_data(config: TrainConfig, directory: Optional[Path] = None, split_file: Optional[Path] = None):
+    """The data of a run as it trains on it: its directory (default: as recorded), image size and splits (class
+    folders split into train and test by data.test_fraction and the seed, checked against `split_file` when
+    it exists; then the validation hold-out)."""
+    from .data import hold_out_validation, load_run_test_data
 
     directory = Path(directory) if directory is not None else cli.data_dir(config.data.dir)
-    dataset = load_dataset(directory, config.data.image_size)
+    dataset = load_run_test_data(
+        directory, config.data.image_size, config.data.test_fraction, config.run.seed, split_file
+    )
     if config.data.val_at_least_one and dataset.validation is not None:
         return dataset  # image folders with their own validation folder
     return hold_out_validation(
@@ -314,14 +318,14 @@ def _setup(given: Optional[TrainConfig], place: RunDirectory, dp, resume: bool) 
     import numpy as np
 
     from .checkpoints import RunCheckpoints, model_from_config, read_train_config
-    from .data import near_copy_mask
+    from .data import SPLIT_FILE, near_copy_mask, write_split
 
     start = None
     if resume:
         run_dir = place.open_existing(find_run(place.workdir, place.run_name))
         stored = read_train_config(run_dir)
         config = resumed_config(stored, given, run_dir)
-        dataset = load_run_data(config, cli.recorded_data_dir(config, run_dir))
+        dataset = load_run_data(config, cli.recorded_data_dir(config, run_dir), run_dir / SPLIT_FILE)
         config_changed = config != stored
     else:
         config = (given or TrainConfig()).with_recipe()
@@ -353,6 +357,8 @@ def _setup(given: Optional[TrainConfig], place: RunDirectory, dp, resume: bool) 
             run_dir = place.create()
         if config_changed:
             place.write_config(config.to_json())
+        if not resume:
+            write_split(dataset, run_dir / SPLIT_FILE)
     seed = config.run.seed
     calibration = np.random.default_rng([seed, 7]).permutation(len(dataset.train.labels))[
         : recipe.bn_recalibration_images

@@ -22,6 +22,7 @@ FLAG_KEYS = {
     "seed": "run.seed",
     "data_dir": "data.dir",
     "val_fraction": "recipe.val_fraction",
+    "test_fraction": "data.test_fraction",
     "init_from": "run.init_from",
     "width": "model.width",
     "stage_sizes": "model.stage_sizes",
@@ -78,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="hold out this stratified fraction of train for validation, at least one image of each class that "
         f"has two (default: the recipe's; {FINETUNE_RECIPE}: {RECIPES[FINETUNE_RECIPE].val_fraction:g})",
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        help="class folders without a train/test split: this stratified, seeded share of each class is the test "
+        "set, recorded in the run's split.json (default: 0.2)",
     )
     p.add_argument(
         "--workdir", default=str(config.DEFAULT_WORKDIR), help="where runs are written (default: %(default)s)"
