@@ -54,6 +54,7 @@ def train_and_evaluate(
     run_name: Optional[str] = None,
     progress: bool = True,
     handle_signals: bool = False,
+    tensorboard: bool = True,
 ) -> TrainResult:
     """Train `config` in a new run directory under `workdir` (`run_name`, default <recipe>-seed<seed>-<time>)
     and evaluate it on the test set after every epoch.
@@ -61,7 +62,8 @@ def train_and_evaluate(
     resume: continue `run_name` (default: the newest run in `workdir`) from its newest checkpoint. `config`
     may be None (the run's own) or must equal the run's config, except for more `recipe.epochs`; a resumed
     run that has trained every epoch returns its results without training.
-    progress: a progress bar per epoch. handle_signals: SIGINT/SIGTERM finish the current step, save a
+    progress: a progress bar per epoch. tensorboard: event files in the run directory (with the optional
+    tensorboardX). handle_signals: SIGINT/SIGTERM finish the current step, save a
     checkpoint and return (`finished` False); a process-wide change, which the command-line tool makes.
     A start that fails before its first checkpoint removes the run directory it made.
     """
@@ -72,7 +74,7 @@ def train_and_evaluate(
         raise UserError("multi-process training needs --run NAME so that every process writes the same run")
     place = RunDirectory(Path(workdir), run_name, primary=dp.is_primary)
     try:
-        job = _setup(config, place, dp, resume)
+        job = dataclasses.replace(_setup(config, place, dp, resume), tensorboard=tensorboard)
         return _train(job, progress, handle_signals)
     except _Finished as done:
         print(done)
@@ -275,6 +277,7 @@ class _Job:
     calibration_images: Any  # a fixed, seeded subset of clean training images for re-estimating BatchNorm statistics
     near_copies: Any  # bool per test image: has a near-copy in train
     start: Any = None  # weights.Weights of run.init_from, loaded by a new run's setup
+    tensorboard: bool = True  # write TensorBoard event files (when tensorboardX is installed)
 
     @property
     def recipe(self) -> Recipe:
@@ -287,6 +290,13 @@ class _Job:
     @property
     def eval_batch_size(self) -> int:
         return self.config.run.eval_batch_size
+
+    @functools.cached_property
+    def learning_rate(self):
+        from .steps import learning_rate_schedule
+
+        schedule = learning_rate_schedule(self.recipe, self.steps_per_epoch)
+        return schedule if callable(schedule) else (lambda step: schedule)
 
     @property
     def metrics_path(self) -> Path:
@@ -307,6 +317,7 @@ class _Progress:
     """Where a run stands: the train state, the epoch, the steps of it done and their sums, the epochs' records."""
 
     state: Any
+    writer: Any  # tensorboard.MetricWriter
     epoch: int = 0  # the epoch under way, from 0
     start: int = 0  # steps of it already done (a run resumed mid-epoch)
     sums: Dict[str, Any] = dataclasses.field(default_factory=_no_sums)
@@ -401,8 +412,10 @@ def _start(job: _Job) -> _Progress:
     """A fresh state (with a fresh metrics.jsonl), or for a resumed run the newest checkpoint that restores."""
     from .checkpoints import abstract_train_state
     from .steps import create_state
+    from .tensorboard import MetricWriter
 
     recipe, dp, metrics_path = job.recipe, job.dp, job.metrics_path
+    enabled = job.tensorboard and dp.is_primary
     if not job.resumed or not job.ckpts.steps():
         if job.resumed:
             print(f"{job.run_dir} has no checkpoint yet: starting it from the beginning")
@@ -410,7 +423,9 @@ def _start(job: _Job) -> _Progress:
         state = dp.replicate(create_state(variables, job.tx, job.seed, bool(recipe.ema_decay)))
         if dp.is_primary:
             metrics_path.unlink(missing_ok=True)
-        return _Progress(state)
+        writer = MetricWriter(job.run_dir, enabled, purge_step=0)  # events of an earlier failed start go
+        _log_augmented_sample(job, writer)
+        return _Progress(state, writer)
     abstract = abstract_train_state(job.model, job.tx, job.seed, bool(recipe.ema_decay), dp.replicated)
     state, meta, restored_step = job.ckpts.restore_latest(abstract)
     epoch = meta["epoch"]
@@ -420,7 +435,21 @@ def _start(job: _Job) -> _Progress:
 
         write_text_atomic(metrics_path, "".join(_json_line(h) for h in history))
     print(f"resuming {job.run_dir} at epoch {epoch + 1}, step {restored_step}")
-    return _Progress(state, epoch, meta["step_in_epoch"], meta["epoch_sums"], history)
+    writer = MetricWriter(job.run_dir, enabled, purge_step=int(restored_step) + 1)
+    return _Progress(state, writer, epoch, meta["step_in_epoch"], meta["epoch_sums"], history)
+
+
+def _log_augmented_sample(job: _Job, writer, count: int = 16) -> None:
+    """A few training images as the augmentation shows them to the model (one seeded draw): for TensorBoard."""
+    if not writer.active or not job.recipe.augment:
+        return
+    import jax
+
+    from .augment import augment
+
+    images = jax.numpy.asarray(job.dataset.train.images[:count], jax.numpy.float32) / 255.0
+    key = jax.random.fold_in(jax.random.key(job.seed), 11)
+    writer.image_grid("images/augmented_batch", 0, augment(key, images, job.recipe.augment_policy))
 
 
 def _json_line(record: Dict[str, Any]) -> str:
@@ -482,6 +511,10 @@ def _train_epoch(job: _Job, progress: _Progress, stop: StopRequest, t0: float, s
     ):
         progress.state, m = job.train_step(progress.state, *dp.shard(images, labels))
         loss, correct, finite = float(m["loss"]), int(m["correct"]), bool(m["finite"])
+        if progress.writer.active:
+            step = epoch * job.steps_per_epoch + k + 1
+            rate = float(job.learning_rate(step - 1))
+            progress.writer.scalars(step, {"loss": loss, "learning_rate": rate}, prefix="train/")
         if not finite:
             bar.close()
             kept = (
@@ -507,6 +540,7 @@ def _train_epoch(job: _Job, progress: _Progress, stop: StopRequest, t0: float, s
             step = int(progress.state.step)
             job.ckpts.save(step, progress.state, job.meta(epoch, k + 1, sums))
             job.ckpts.close()
+            progress.writer.close()
             print(
                 f"saved step {step} to {job.ckpts.directory}; continue with: python -m signs_jax.train --resume "
                 f"--workdir {job.run_dir.parent} --run {job.run_dir.name}"
@@ -537,19 +571,24 @@ def _evaluate_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: fl
             job.eval_step, variables, dataset.validation, job.eval_batch_size, dp
         )
     if job.recipe.test_each_epoch:
-        record.update(_test_record(job, variables))
+        record.update(_test_record(job, variables, progress.writer, record["step"]))
     record["seconds"] = time.perf_counter() - t0
     record["train_images_per_s"] = sums["seen"] / train_seconds
     return record, variables
 
 
-def _test_record(job: _Job, variables) -> Dict[str, Any]:
-    """Test loss and accuracy, and the accuracy on the test images without a near-copy in train."""
+def _test_record(job: _Job, variables, writer, step: int) -> Dict[str, Any]:
+    """Test loss and accuracy, and the accuracy on the test images without a near-copy in train; the confusion
+    matrix to TensorBoard."""
+    from .evaluate import confusion_matrix
     from .loops import evaluate
 
     dataset = job.dataset
     loss, accuracy, probs = evaluate(job.eval_step, variables, dataset.test, job.eval_batch_size, job.dp)
     correct, clean = probs.argmax(1) == dataset.test.labels, ~job.near_copies
+    if writer.active:
+        matrix = confusion_matrix(dataset.test.labels, probs.argmax(1), dataset.num_classes)
+        writer.confusion_matrix("images/confusion_matrix", step, matrix, dataset.class_names)
     return {
         "test_loss": loss,
         "test_accuracy": accuracy,
@@ -577,6 +616,7 @@ def _end_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float) 
     progress.history.append(record)
     if job.dp.is_primary:
         append_jsonl(job.metrics_path, record)
+    progress.writer.scalars(record["step"], record, prefix="epoch/")
     score = _score(job, record)
     progress.epoch, progress.start, progress.sums = progress.epoch + 1, 0, _no_sums()
     state = progress.state
@@ -658,9 +698,11 @@ def _train(job: _Job, show_bar: bool, handle_signals: bool) -> TrainResult:
     kept_step = job.ckpts.manager.best_step()
     job.ckpts.close()
     if job.config.run.init_from:
-        final = _finish_finetuning(job, progress.history, kept_step)
+        final = _finish_finetuning(job, progress, kept_step)
     else:
         final = progress.history[-1] if progress.history else {}
+    progress.writer.hparams(job.config.to_dict(), _final_metrics(final), step=int(progress.state.step))
+    progress.writer.close()
     if dp.is_primary:
         _write_results(job, progress.history, final)
         _calibrate(job)
@@ -715,11 +757,12 @@ def _score_start(job: _Job, progress: _Progress) -> None:
     )
 
 
-def _finish_finetuning(job: _Job, history, kept_step) -> Dict[str, Any]:
+def _finish_finetuning(job: _Job, progress: _Progress, kept_step) -> Dict[str, Any]:
     """Say which weights the run keeps (the starting ones when no epoch beat them on the held-out images); with a
     recipe that does not test every epoch, the test results of those weights."""
     from .checkpoints import restore_variables
 
+    history = progress.history
     start = next((h for h in history if h["epoch"] == 0), None)
     if start is not None and kept_step == 0:
         best = max(
@@ -734,7 +777,7 @@ def _finish_finetuning(job: _Job, history, kept_step) -> Dict[str, Any]:
     if kept is not None and "test_accuracy" in kept:
         return kept
     _, variables, step = restore_variables(job.run_dir)
-    record = _test_record(job, job.dp.replicate(variables))
+    record = _test_record(job, job.dp.replicate(variables), progress.writer, int(progress.state.step))
     epoch = next((h["epoch"] for h in history if h["step"] == step), None)
     job.say(
         f"kept weights (step {step}{'' if epoch is None else f', epoch {epoch}'}): "

@@ -35,7 +35,8 @@ def _is_kernel(path, _leaf) -> bool:
     return path[-1].key == "kernel"
 
 
-def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> optax.GradientTransformation:
+def learning_rate_schedule(recipe: Recipe, steps_per_epoch: int):
+    """The learning rate by optimizer step (an optax schedule, or a constant)."""
     total = max(1, recipe.epochs * steps_per_epoch)
     warmup = int(round(recipe.warmup_epochs * steps_per_epoch))
     if recipe.schedule == "cosine":
@@ -45,6 +46,11 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> optax.GradientTransf
         lr = optax.linear_schedule(0.0, recipe.lr, warmup) if warmup else recipe.lr
     else:
         raise ValueError(f"unknown schedule {recipe.schedule!r}")
+    return lr
+
+
+def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> optax.GradientTransformation:
+    lr = learning_rate_schedule(recipe, steps_per_epoch)
     kernels_only = lambda params: jax.tree_util.tree_map_with_path(_is_kernel, params)  # noqa: E731
     if recipe.optimizer == "adam":
         tx = optax.adam(lr, eps=recipe.adam_eps)

@@ -289,3 +289,17 @@ def test_image_folders_take_the_size_of_the_first_readable_image_as_shown_and_co
     assert dataset.train.images[1].min() == 255  # transparency on white, not black
     assert dataset.train.images[2].min() == 255  # 16-bit white stays white (not clipped from 65535)
     assert list(dataset.train.labels) == [0, 0, 1]
+
+
+@pytest.mark.slow
+def test_a_run_logs_steps_epochs_and_pictures_to_tensorboard(reference_run):
+    from test_tensorboard import read_events
+
+    events = read_events(reference_run)
+    records = metrics_of(reference_run)
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, records[-1]["step"] + 1))
+    rates = [e.value for e in events.Scalars("train/learning_rate")]
+    assert rates[0] < max(rates) and rates[-1] < max(rates)  # the default recipe's warm-up and cosine decay
+    logged = [(e.step, e.value) for e in events.Scalars("epoch/test_accuracy")]
+    assert logged == [(r["step"], pytest.approx(r["test_accuracy"])) for r in records]
+    assert {"images/augmented_batch", "images/confusion_matrix"} <= set(events.Tags()["images"])
