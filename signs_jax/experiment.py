@@ -42,7 +42,7 @@ class TrainResult:
         return self.test_metrics.get("test_accuracy")
 
 
-class _Finished(Exception):
+class NothingToDo(Exception):
     """A resumed run that has nothing left to do."""
 
 
@@ -76,7 +76,7 @@ def train_and_evaluate(
     try:
         job = dataclasses.replace(_setup(config, place, dp, resume), tensorboard=tensorboard)
         return _train(job, progress, handle_signals)
-    except _Finished as done:
+    except NothingToDo as done:
         print(done)
         return _stored_result(place.path)
     except BaseException:
@@ -108,7 +108,7 @@ def resumed_config(stored: TrainConfig, given: Optional[TrainConfig], run_dir: P
             f"{label('recipe.epochs')} {epochs}: run {run_dir} has already trained {done} epochs; give at least {done}"
         )
     if done >= epochs:
-        raise _Finished(
+        raise NothingToDo(
             f"run {run_dir} has finished its {done} epochs: nothing to do "
             f"(add --epochs N with N above {done} to train longer)"
         )

@@ -184,13 +184,13 @@ def _resumed_config(args) -> TrainConfig:
 
 def run(args) -> int:
     """Build the config, then `train_and_evaluate` with signal handling (a stop saves and returns early)."""
-    from .experiment import _Finished, train_and_evaluate
+    from .experiment import NothingToDo, train_and_evaluate
     from .parallel import initialize_distributed
 
     _validate_processes(args)
     try:
         cfg = _resumed_config(args) if args.resume else config_from_args(args)
-    except _Finished as done:
+    except NothingToDo as done:
         print(done)
         return 0
     initialize_distributed(args.coordinator, args.num_processes, args.process_id)
