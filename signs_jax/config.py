@@ -305,8 +305,10 @@ def _describe(hint) -> str:
 
 def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
     """Set dotted keys (typed values, e.g. from parse_value). `recipe_name` applies first and starts the
-    recipe afresh from that name; any `recipe.*` key fills the recipe in from its name first."""
-    ordered = sorted(overrides.items(), key=lambda item: item[0] != "recipe_name")
+    recipe afresh from that name; `recipe.*` keys apply last, on the recipe their name (or run.init_from,
+    which picks the fine-tuning recipe) fills in."""
+    order = lambda item: 0 if item[0] == "recipe_name" else 2 if item[0].startswith("recipe.") else 1  # noqa: E731
+    ordered = sorted(overrides.items(), key=order)
     for key, value in ordered:
         hint = field_type(key)
         try:

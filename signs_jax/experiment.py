@@ -96,9 +96,10 @@ def resumed_config(stored: TrainConfig, given: Optional[TrainConfig], run_dir: P
     stored = stored.with_recipe()
     conflicts = configuration.resume_conflicts(stored, given) if given is not None else []
     if conflicts:
-        names = ", ".join(label(key) for key in conflicts)
+        mine, theirs = configuration.flatten(stored), configuration.flatten(given)
+        names = ", ".join(f"{label(key)} ({_shown(mine[key])} in the run, {_shown(theirs[key])} given)" for key in conflicts)
         raise UserError(
-            f"{run_dir}: resuming keeps the run's config; {names} differ from it "
+            f"{run_dir}: resuming keeps the run's config, and {names} differ from it "
             "(leave them out, or start a new run; only the epoch count may grow)"
         )
     epochs = given.recipe.epochs if given is not None and given.recipe is not None else stored.recipe.epochs
@@ -118,6 +119,10 @@ def resumed_config(stored: TrainConfig, given: Optional[TrainConfig], run_dir: P
         stored.run, epochs_extended_from=stored.run.epochs_extended_from + (stored.recipe.epochs,)
     )
     return dataclasses.replace(stored, recipe=dataclasses.replace(stored.recipe, epochs=epochs), run=run)
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def resolve(config: TrainConfig, dataset, start=None) -> TrainConfig:

@@ -247,7 +247,8 @@ def test_calibrate_a_run_without_validation_is_one_line(calibrated_run, tmp_path
     run = tmp_path / "run"
     shutil.copytree(calibrated_run, run)
     cfg = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps({**cfg, "val_fraction": 0.0}))
+    cfg["recipe"]["val_fraction"] = 0.0
+    (run / "config.json").write_text(json.dumps(cfg))
     (run / CALIBRATION_FILE).unlink()
     assert calibrate.main([str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

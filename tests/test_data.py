@@ -13,6 +13,7 @@ import pytest
 
 from helpers import KERAS_FILES, ROOT, TINY  # TINY: the run shape test_evaluate trains too (shared compiles)
 from signs_jax import cli, data, evaluate, train
+from signs_jax.config import PACKAGED_DATA, DataConfig, TrainConfig
 from signs_jax.errors import UserError
 
 PACKAGED = data.PACKAGED_SIGNS  # the real one, also while a test points data.PACKAGED_SIGNS elsewhere
@@ -168,17 +169,19 @@ def test_a_named_directory_without_data_is_an_error_not_a_fallback(given_by, now
 
 
 def test_the_packaged_copy_is_recorded_by_name(tmp_path, small_signs, monkeypatch):
+    def recorded(directory):
+        return TrainConfig(data=DataConfig(dir=directory))
+
     record = cli.data_record(PACKAGED)
-    assert record == {"data_dir": None, "data": data.PACKAGED_SOURCE}
-    assert str(PACKAGED.parent) not in json.dumps(record)  # no site-packages path that a reinstall would break
-    assert cli.recorded_data_dir(record, tmp_path) == PACKAGED
+    assert record == PACKAGED_DATA and str(PACKAGED.parent) not in record  # no path a reinstall would break
+    assert cli.recorded_data_dir(recorded(record), tmp_path) == PACKAGED
     monkeypatch.chdir(small_signs.parent)
     record = cli.data_record(Path(small_signs.name))
-    assert record == {"data_dir": str(small_signs)}  # absolute: found again from any current directory
+    assert record == str(small_signs)  # absolute: found again from any current directory
     monkeypatch.chdir(tmp_path)
-    assert cli.recorded_data_dir(record, tmp_path) == small_signs
+    assert cli.recorded_data_dir(recorded(record), tmp_path) == small_signs
     with pytest.raises(UserError) as err:
-        cli.recorded_data_dir({"data_dir": str(tmp_path / "gone")}, tmp_path / "run")
+        cli.recorded_data_dir(recorded(str(tmp_path / "gone")), tmp_path / "run")
     assert str(tmp_path / "gone") in str(err.value) and str(tmp_path / "run") in str(err.value)
 
 
@@ -216,7 +219,7 @@ def test_train_uses_and_records_the_packaged_copy(packaged_run):
     run, _, output = packaged_run
     assert f"{data.PACKAGED_SOURCE} (h5), 160 train / 40 test images" in output
     config = json.loads((run / "config.json").read_text())
-    assert config["data_dir"] is None and config["data"] == data.PACKAGED_SOURCE
+    assert config["data"]["dir"] == PACKAGED_DATA
 
 
 @pytest.mark.slow
@@ -240,8 +243,7 @@ def test_evaluate_a_run_that_recorded_a_directory(packaged_run, small_signs, now
         del f["test_set_x"], f["test_set_y"]
         f["test_set_x"], f["test_set_y"] = x, y
     config = json.loads((run / "config.json").read_text())
-    config.pop("data")
-    config["data_dir"] = str(recorded)  # as runs recorded their data before the packaged copy
+    config["data"]["dir"] = str(recorded)
     (run / "config.json").write_text(json.dumps(config))
     monkeypatch.setenv(cli.DATA_DIR_ENV, str(small_signs))
     assert evaluate_json(capsys, "--weights", run)["examples"] == 20

@@ -79,7 +79,7 @@ def test_init_from_a_work_directory_picks_the_finetune_recipe_and_the_starting_m
     assert code == 0, out
     config = json.loads((tmp_path / "w" / "ft" / "config.json").read_text())
     assert config["recipe_name"] == "finetune"
-    assert config["init_from"] == str(start_workdir / "start")
+    assert config["run"]["init_from"] == str(start_workdir / "start")
     assert config["model"]["input_shape"] == [START_SIDE, START_SIDE, 3]
     assert config["model"]["width"] == 0.0625 and config["model"]["stage_sizes"] == [1, 1, 1, 1]
     assert "starting weights: val" in out and "on 2 held-out images" in out  # one photo of each class of 5

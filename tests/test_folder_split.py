@@ -273,7 +273,7 @@ def write_config(run: Path, cfg) -> Path:
 def test_evaluate_splits_with_the_runs_fraction_and_seed(folder, tmp_path):
     run = write_config(tmp_path / "old", {"seed": 3, "data_dir": str(folder)})
     assert evaluate._run_split(run, folder, data_dir_given=False) == (0.2, 3, run / data.SPLIT_FILE)
-    run = write_config(tmp_path / "new", {"data": {"test_fraction": 0.3}, "run": {"seed": 5}, "data_dir": str(folder)})
+    run = write_config(tmp_path / "new", {"data": {"test_fraction": 0.3, "dir": str(folder)}, "run": {"seed": 5}})
     assert evaluate._run_split(run, folder, data_dir_given=False) == (0.3, 5, run / data.SPLIT_FILE)
     assert evaluate._run_split(run, folder, data_dir_given=True)[2] == run / data.SPLIT_FILE  # the same folder
     assert evaluate._run_split(run, tmp_path / "other", data_dir_given=True) == (0.3, 5, None)  # not recorded
@@ -283,7 +283,15 @@ def test_evaluate_splits_with_the_runs_fraction_and_seed(folder, tmp_path):
 def test_calibration_holds_validation_out_of_the_runs_own_training_part(folder, tmp_path):
     from signs_jax.calibrate import validation_split
 
-    run = write_config(tmp_path / "run", {"seed": 2, "val_fraction": 0.2, "data_dir": str(folder), "image_size": None})
+    run = write_config(
+        tmp_path / "run",
+        {
+            "seed": 2,
+            "recipe": {"epochs": 1, "batch_size": 4, "lr": 1e-3, "val_fraction": 0.2},
+            "data_dir": str(folder),
+            "image_size": None,
+        },
+    )
     split = data.load_dataset(folder, seed=2)
     validation = validation_split(run)
     levels = {int(image[0, 0, 0]) for image in validation.images}

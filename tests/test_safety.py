@@ -17,7 +17,7 @@ from PIL import Image
 from helpers import KERAS_FILES, TINY, metrics_of, run_train, train_process
 from signs_jax import evaluate, keras_h5, predict, train
 from signs_jax.checkpoints import RunLock, newest_run
-from signs_jax.config import MIN_IMAGE_SIDE
+from signs_jax.config import MIN_IMAGE_SIDE, PACKAGED_DATA
 from signs_jax.errors import UserError
 from signs_jax.files import atomic_write, check_write_target
 from signs_jax.rundir import RunDirectory
@@ -437,12 +437,13 @@ def test_a_run_on_the_packaged_data_resumes_only_on_it(finished_run, small_signs
     run = tmp_path / "packaged"
     shutil.copytree(finished_run, run)
     cfg = json.loads((run / "config.json").read_text())
-    cfg.update(data_dir=None, data="packaged SIGNS")  # what a run started without --data-dir records
+    cfg["data"]["dir"] = PACKAGED_DATA  # what a run started without --data-dir records
     (run / "config.json").write_text(json.dumps(cfg))
     assert (
         run_train("--workdir", tmp_path, "--resume", "--run", "packaged", "--epochs", 3, "--data-dir", small_signs) == 2
     )
-    assert "packaged SIGNS" in one_error_line(capsys)
+    line = one_error_line(capsys)
+    assert f"--data-dir ({PACKAGED_DATA} in the run, {small_signs} given)" in line
 
 
 @pytest.mark.slow
