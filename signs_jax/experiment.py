@@ -97,7 +97,9 @@ def resumed_config(stored: TrainConfig, given: Optional[TrainConfig], run_dir: P
     conflicts = configuration.resume_conflicts(stored, given) if given is not None else []
     if conflicts:
         mine, theirs = configuration.flatten(stored), configuration.flatten(given)
-        names = ", ".join(f"{label(key)} ({_shown(mine[key])} in the run, {_shown(theirs[key])} given)" for key in conflicts)
+        names = ", ".join(
+            f"{label(key)} ({_shown(mine[key])} in the run, {_shown(theirs[key])} given)" for key in conflicts
+        )
         raise UserError(
             f"{run_dir}: resuming keeps the run's config, and {names} differ from it "
             "(leave them out, or start a new run; only the epoch count may grow)"

@@ -92,6 +92,13 @@ class KerasFile(NamedTuple):
     layout: str
     weights: Dict[str, Dict[str, np.ndarray]]  # layer -> short weight name -> value
     model_config: Optional[dict]
+    # Blocks per stage as our export records them (STAGE_SIZES_ATTR); Keras files carry none: the original's.
+    stage_sizes: Optional[Tuple[int, ...]] = None
+
+
+# Our export writes the blocks per stage of a shallower variant as a root attribute (Keras ignores it), so
+# that the file loads back as that variant; the missing blocks of a damaged original stay an error.
+STAGE_SIZES_ATTR = "signs_jax_stage_sizes"
 
 
 def read_keras_h5(path) -> KerasFile:
@@ -151,7 +158,13 @@ def _read_open_file(path: Path, f) -> KerasFile:
             raise KerasH5Error(f"{path}: 'model_config' attribute is not valid JSON ({err})") from None
     if not weights:
         raise KerasH5Error(f"{path}: Keras file holds no weights")
-    return KerasFile(layout, weights, model_config)
+    recorded = f.attrs.get(STAGE_SIZES_ATTR)
+    stage_sizes = None
+    if recorded is not None:
+        stage_sizes = tuple(int(n) for n in np.asarray(recorded).ravel())
+        if len(stage_sizes) != 4 or min(stage_sizes) < 1:
+            raise KerasH5Error(f"{path}: attribute {STAGE_SIZES_ATTR} is {stage_sizes}, not four block counts")
+    return KerasFile(layout, weights, model_config, stage_sizes)
 
 
 def input_shape_from_config(model_config: Optional[dict]) -> Optional[Tuple[int, int, int]]:
@@ -244,7 +257,8 @@ def _model_for_file(path: Path, keras_file: KerasFile):
         raise KerasH5Error(f"{path}: not the course ResNet50: no 4-D 'conv1' kernel")
     input_shape = input_shape_from_config(keras_file.model_config) or (*config.INPUT_SHAPE[:2], int(stem.shape[2]))
     width = stem.shape[3] / config.RESNET50_STEM_FILTERS
-    return ResNet50(num_classes, width=width, input_shape=input_shape)
+    stage_sizes = keras_file.stage_sizes or config.RESNET50_STAGE_SIZES
+    return ResNet50(num_classes, width=width, stage_sizes=stage_sizes, input_shape=input_shape)
 
 
 def _model_summary(model) -> str:
@@ -318,6 +332,9 @@ def save_keras_h5(path, variables) -> Path:
             f.attrs["layer_names"] = [layer.name.encode("utf8") for layer in table]
             f.attrs["backend"] = b"tensorflow"
             f.attrs["keras_version"] = b"2.15.0"
+            stage_sizes = _stage_sizes_of(params)
+            if stage_sizes != config.RESNET50_STAGE_SIZES:
+                f.attrs[STAGE_SIZES_ATTR] = np.asarray(stage_sizes, np.int64)
             for layer in table:
                 group = f.create_group(layer.name)
                 names = [f"{layer.name}/{weight}:0" for weight in layer.weights]

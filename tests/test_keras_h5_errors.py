@@ -201,3 +201,15 @@ def test_weights_stored_as_strings_are_one_line(tmp_path):
     _replace_conv1_kernel(path, lambda value: np.full(value.shape, b"0.5", dtype="S4"))
     message = error_of(path)
     assert "not numbers" in message and "conv1" in message
+
+
+def test_an_exported_shallow_variant_loads_back_with_its_own_depth(tmp_path):
+    import jax
+
+    model = signs_jax.ResNet50(3, width=0.125, stage_sizes=(1, 2, 1, 1))
+    variables = signs_jax.init_variables(model, jax.random.key(0))
+    path = signs_jax.save_keras_h5(tmp_path / "shallow.h5", variables)
+    loaded, restored = signs_jax.load_keras_h5(path)
+    assert tuple(loaded.stage_sizes) == (1, 2, 1, 1) and loaded.num_classes == 3
+    for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(restored)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
