@@ -425,11 +425,26 @@ def test_resume_with_fewer_epochs_or_another_data_dir_is_one_line_and_rewrites_n
     assert "--epochs 1" in one_error_line(capsys)
     assert run_train("--workdir", workdir, "--resume", "--run", "done", "--epochs", 3, "--data-dir", tmp_path) == 2
     assert "--data-dir" in one_error_line(capsys)
+    flags = ["--lr", "0.01", "--set", "recipe.weight_decay=0.5", "--width", "0.0625", "--seed", "0"]
+    assert run_train("--workdir", workdir, "--resume", "--run", "done", *flags) == 2
+    line = one_error_line(capsys)  # each key that would change the experiment, none that would not
+    assert "--lr (0.002 in the run, 0.01 given), --set recipe.weight_decay (0.05 in the run, 0.5 given)" in line
+    assert "--width" not in line and "--seed" not in line
     assert run_train("--workdir", workdir, "--resume", "--run", "done") == 0
     assert "nothing to do" in capsys.readouterr().out
     after = snapshot(finished_run)
     after.pop(Path("train.lock"), None), before.pop(Path("train.lock"), None)
     assert after == before
+
+
+@pytest.mark.slow
+def test_more_epochs_on_resume_are_trained_and_recorded(finished_run, tmp_path):
+    run = tmp_path / "done"
+    shutil.copytree(finished_run, run)
+    assert run_train("--workdir", tmp_path, "--resume", "--run", "done", "--epochs", 3, "--no-progress") == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"]["epochs"] == 3 and config["run"]["epochs_extended_from"] == [2]
+    assert [r["epoch"] for r in metrics_of(run)] == [1, 2, 3]
 
 
 @pytest.mark.slow
