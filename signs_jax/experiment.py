@@ -629,9 +629,10 @@ def _end_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float) 
     state = progress.state
     job.ckpts.save(int(state.step), state, job.meta(progress.epoch, 0, progress.sums), score=score, variables=variables)
     val = f"  val {record['val_loss']:.4f}/{record['val_accuracy']:.3f}" if "val_loss" in record else ""
+    clean = record.get("test_accuracy_no_near_copies")  # None: every test image has a near-copy in train
     test = (
         f"  test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}"
-        f" (no near-copies {record['test_accuracy_no_near_copies']:.3f})"
+        f" (no near-copies {'none left' if clean is None else f'{clean:.3f}'})"
         if "test_loss" in record
         else ""
     )

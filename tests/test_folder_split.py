@@ -301,3 +301,30 @@ def test_calibration_holds_validation_out_of_the_runs_own_training_part(folder, 
     write_image(folder / "cat" / "img10.png", shade(0, 10))  # 9 cats: 2 test images instead of 1
     with pytest.raises(UserError):
         validation_split(run)
+
+
+@pytest.mark.slow
+def test_train_on_class_folders_records_the_split_and_evaluate_reuses_it(tmp_path, capsys):
+    from helpers import TINY, run_train
+
+    root = tmp_path / "photos"
+    for c, name in enumerate(CLASSES):
+        for i in range(8):  # 40x40: above the model's smallest input
+            path = root / name / f"img{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((40, 40, 3), shade(c, i), np.uint8)).save(path)
+    flags = ["--data-dir", root, "--workdir", tmp_path / "w", "--run", "r", "--seed", 3, "--test-fraction", 0.25]
+    assert run_train(*flags, "--epochs", 1, *TINY, "--batch-size", 4) == 0
+    run = tmp_path / "w" / "r"
+    recorded = json.loads((run / data.SPLIT_FILE).read_text())["files"]
+    assert len(recorded["test"]) == 3 * 2 and len(recorded["train"]) == 3 * 6  # a quarter of each class's 8
+    assert set(recorded["test"]).isdisjoint(recorded["train"])
+    capsys.readouterr()
+    assert evaluate.main(["--weights", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 6  # the recorded test set, not a new split
+    write_image(root / "cat" / "img8.png", 200)
+    write_image(root / "cat" / "img9.png", 201)
+    write_image(root / "cat" / "img10.png", 202)  # 11 cats: 3 test images where the run recorded 2
+    assert evaluate.main(["--weights", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "split" in err[0], err
