@@ -200,9 +200,7 @@ def _coerce(key: str, value, hint):
     """A JSON or Python value as the field's type, or _BadField naming the key."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) is typing.Union:  # Optional[X]
-        if value is None:
-            return None
-        return _coerce(key, value, next(a for a in args if a is not type(None)))
+        return None if value is None else _coerce(key, value, _without_none(hint))
     if typing.get_origin(hint) is tuple:
         if not isinstance(value, (list, tuple)):
             raise _BadField(f"{key}: expected a list, found {value!r}")
@@ -266,10 +264,9 @@ def takes_list(key: str) -> bool:
 def parse_value(key: str, text: str):
     """`--set key=text`: the text as the key's type (numbers, true/false, none, comma-separated lists)."""
     hint = field_type(key)
-    optional = typing.get_origin(hint) is typing.Union
-    if optional and text.strip().lower() in ("none", "null", ""):
+    base = _without_none(hint)
+    if base is not hint and text.strip().lower() in ("none", "null", ""):
         return None
-    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
     try:
         if typing.get_origin(base) is tuple:
             item = typing.get_args(base)[0]
@@ -293,14 +290,13 @@ def _parse_scalar(kind, text: str):
 
 
 def _describe(hint) -> str:
-    optional = typing.get_origin(hint) is typing.Union
-    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    base = _without_none(hint)
     if typing.get_origin(base) is tuple:
         plural = {int: "whole numbers", float: "numbers", str: "names"}
         text = f"a comma-separated list of {plural.get(typing.get_args(base)[0], 'values')}"
     else:
         text = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(base, str(base))
-    return text + (" or none" if optional else "")
+    return text + (" or none" if base is not hint else "")
 
 
 def apply_overrides(config: TrainConfig, overrides: Mapping[str, Any]) -> TrainConfig:
