@@ -147,6 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--every", type=int, default=1, metavar="K", help="only every K-th photo of each --photos class")
     p.add_argument("--ratios", default="4:3,16:9", help=f"frame ratios, of {', '.join(RATIOS)} (default: %(default)s)")
     p.add_argument("--fits", default=",".join(FITS), help="the --fit modes compared (default: %(default)s)")
+    p.add_argument("--photos-only", action="store_true", help="frames of the --photos only, not of SIGNS")
     p.add_argument("--tta", action="store_true", help="predict the frames with the --tta views")
     p.add_argument("--no-frames", action="store_true", help="skip the non-square frames")
     p.add_argument("--shifts", help="also the shift benchmark on these shifts (comma-separated), plain and --tta")
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
     summary = {"weights": weights.source, "tta": args.tta}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.no_frames:
-            sources = {"signs_test": signs_test(args.signs)}
+            sources = {} if args.photos_only else {"signs_test": signs_test(args.signs)}
             if args.photos:
                 sources["photos"] = photos_in(args.photos, weights.class_names, args.every)
             for name, (images, labels) in sources.items():

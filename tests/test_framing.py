@@ -242,3 +242,21 @@ def test_help_names_the_modes_and_the_views(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "squash" in text and "crop" in text and "pad" in text and "--tta" in text
     assert json.dumps(len(framing.TTA_VIEWS)) + " views" in text
+
+
+def test_cli_adapt_with_tta_and_pad(tmp_path, capsys):
+    from helpers import KERAS_MODEL
+
+    rng = np.random.default_rng(5)
+    for i in range(16):
+        size = (int(rng.integers(20, 90)), int(rng.integers(20, 90)))
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    args = [str(tmp_path), "--weights", KERAS_MODEL, "--adapt", "--fit", "pad", "--json"]
+    assert predict.main([*args, "--tta"]) == 0
+    records = json_lines(capsys.readouterr().out)
+    assert len(records) == 16
+    np.testing.assert_allclose([sum(r["probabilities"]) for r in records], 1, atol=1e-5)
+    assert predict.main(args) == 0  # without the views, on the same adapted statistics: other numbers
+    plain = json_lines(capsys.readouterr().out)
+    assert [r["path"] for r in plain] == [r["path"] for r in records]
+    assert not np.allclose([r["probabilities"] for r in plain], [r["probabilities"] for r in records], atol=1e-4)
