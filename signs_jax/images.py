@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
 from .errors import UserError
+from .framing import check_fit, render_pixels
 
 INTERPOLATIONS = ("area", "box", "nearest", "bilinear", "bicubic", "lanczos")
 DEFAULT_INTERPOLATION = "lanczos"
@@ -71,16 +72,22 @@ def to_rgb(img):
 
 
 def load_image(
-    path, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPOLATION, exif: bool = True, draft: bool = True
+    path,
+    size: Tuple[int, int],
+    interpolation: str = DEFAULT_INTERPOLATION,
+    exif: bool = True,
+    draft: bool = True,
+    fit: str = "squash",
+    views=None,
 ) -> "np.ndarray":  # noqa: F821
     """`path` as float32 (H, W, 3) in [0, 1] at `size` = (height, width); ImageError if unusable.
 
     `draft`: let libjpeg decode a large JPEG at a reduced scale first (never for `nearest`, which
-    must pick the same pixels as Keras).
+    must pick the same pixels as Keras). `fit` and `views`: as in `decode_image`.
     """
     import numpy as np
 
-    return decode_image(path, size, interpolation, exif, draft).astype(np.float32) / 255.0
+    return decode_image(path, size, interpolation, exif, draft, fit, views).astype(np.float32) / 255.0
 
 
 def decode_image(
@@ -89,9 +96,14 @@ def decode_image(
     interpolation: str = DEFAULT_INTERPOLATION,
     exif: bool = True,
     draft: bool = True,
+    fit: str = "squash",
+    views=None,
 ) -> "np.ndarray":  # noqa: F821
     """`path` as uint8 RGB (H, W, 3) at `size` = (height, width), or as it is (after EXIF rotation) for
     `size=None`; ImageError (naming the file) if unusable.
+
+    `fit` (squash, crop, pad) is how a photo of another aspect ratio becomes `size`; `views` (a sequence of
+    `framing.View`) gives (len(views), H, W, 3), one image per view: `signs_jax.framing`.
 
     The one image decoder of the package: `load_image` (prediction) scales its result to [0, 1];
     training's image folders (`data.load_image_folders`) keep it as uint8. `draft` as in `load_image`.
@@ -101,6 +113,8 @@ def decode_image(
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    if size is not None:
+        check_fit(fit)  # a programming error, raised as such before any file is read
     path = Path(path)
     if path.is_dir():
         raise ImageError(f"{path}: is a directory")
@@ -130,8 +144,8 @@ def decode_image(
                 if exif:
                     img = ImageOps.exif_transpose(img)
                 img = to_rgb(img)
-                if target and img.size != target:
-                    img = img.resize(target, _resample(interpolation))
+                if target:
+                    return render_pixels(img, target, fit, _resample(interpolation), views)
                 return np.asarray(img, dtype=np.uint8)
     except ImageError:
         raise

@@ -12,6 +12,7 @@ import sys
 from . import config
 from .adapt import MIN_PHOTOS
 from .calibration import DEFAULT_THRESHOLD
+from .framing import DEFAULT_FIT, FITS, TTA_VIEWS
 from .images import DEFAULT_INTERPOLATION, INTERPOLATIONS
 
 BATCH_BUCKETS = (1, 8)  # besides --batch-size: a one-image predict should not pay for a 32-image batch
@@ -38,6 +39,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=INTERPOLATIONS,
         default=DEFAULT_INTERPOLATION,
         help="resize filter (default: %(default)s; 'nearest' is what Keras load_img uses; 'box' = 'area')",
+    )
+    p.add_argument(
+        "--fit",
+        default=DEFAULT_FIT,
+        metavar="MODE",
+        help="how a photo of another aspect ratio becomes the square input: squash (resize all of it, as Keras), "
+        "crop (centre crop to square) or pad (centre it on a square of its border's median colour) "
+        "(default: %(default)s; measured in docs/predict.md)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help=f"average the probabilities over {len(TTA_VIEWS)} views of each photo (as framed, mirrored, a 1.11x "
+        "centre zoom and it mirrored): that many forward passes per photo; --threshold applies to the averaged "
+        "uncalibrated probabilities",
     )
     p.add_argument(
         "--ignore-exif", action="store_true", help="do not rotate by the EXIF orientation (as Keras load_img)"
@@ -83,54 +99,85 @@ def fixed_batch_size(num_files: int, batch_size: int) -> int:
 
 
 def predict_files(
-    weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True, batch_size=32, on_error=None, progress=None
+    weights,
+    files,
+    interpolation=DEFAULT_INTERPOLATION,
+    exif=True,
+    batch_size=32,
+    on_error=None,
+    progress=None,
+    fit=DEFAULT_FIT,
+    views=None,
 ):
     """Yield (path, probabilities) for every readable file, in order: softmax(logits / T) with the weights'
-    calibration temperature T (1 when they have none)."""
+    calibration temperature T (1 when they have none), averaged over `views` when given (`--tta`)."""
+    for path, logits in predict_logits(weights, files, interpolation, exif, batch_size, on_error, progress, fit, views):
+        yield path, probabilities(logits, weights.temperature)
+
+
+def probabilities(logits, temperature: float = 1.0):
+    """softmax(logits / T): of one image's logits (classes,), or the mean over its views' (views, classes)."""
     from .calibration import softmax
 
-    for path, logits in predict_logits(weights, files, interpolation, exif, batch_size, on_error, progress):
-        yield path, softmax(logits, weights.temperature)
+    probs = softmax(logits, temperature)
+    return probs.mean(0) if probs.ndim == 2 else probs
 
 
 def predict_logits(
-    weights, files, interpolation=DEFAULT_INTERPOLATION, exif=True, batch_size=32, on_error=None, progress=None
+    weights,
+    files,
+    interpolation=DEFAULT_INTERPOLATION,
+    exif=True,
+    batch_size=32,
+    on_error=None,
+    progress=None,
+    fit=DEFAULT_FIT,
+    views=None,
 ):
-    """Yield (path, logits) for every readable file, in order.
+    """Yield (path, logits) for every readable file, in order: logits (classes,), or (len(views), classes)
+    when `views` (`framing.View`s, e.g. `framing.TTA_VIEWS`) are given; `fit` as in `images.decode_image`.
 
     Memory stays bounded whatever the number of files: images are decoded one batch at a time, every
     batch is padded to the same shape (one compile), and the next batch is decoded while the previous
-    one runs (JAX dispatches asynchronously), so at most two batches are alive.
+    one runs (JAX dispatches asynchronously), so at most two batches are alive. With `views`, a batch of
+    `batch_size` files is one forward pass of `batch_size * len(views)` images.
     """
     import numpy as np
 
     model = weights.model
     size = tuple(model.input_shape[:2])
     forward = compiled_forward(model)
+    per_file = 1 if views is None else len(views)
     in_flight = None  # (paths, logits on the device) of the batch being computed
 
-    for paths, pending in _decoded_batches(files, size, interpolation, exif, batch_size, on_error, progress):
+    def finished(done_paths, logits):
+        logits = np.asarray(logits)[: len(done_paths) * per_file]
+        return zip(done_paths, logits if views is None else logits.reshape(len(done_paths), per_file, -1))
+
+    for paths, pending in _decoded_batches(
+        files, size, interpolation, exif, batch_size, on_error, progress, fit, views
+    ):
         # A fresh array each batch: on CPU, JAX may alias the numpy buffer while the batch computes.
-        x = np.zeros((batch_size, *size, 3), np.float32)
-        x[: len(pending)] = np.stack(pending)
+        x = np.zeros((batch_size * per_file, *size, 3), np.float32)
+        x[: len(pending) * per_file] = np.stack(pending).reshape(-1, *size, 3)
         launched = (paths, forward(weights.variables, x))
         if in_flight:
-            done_paths, logits = in_flight
-            yield from zip(done_paths, np.asarray(logits)[: len(done_paths)])
+            yield from finished(*in_flight)
         in_flight = launched
     if in_flight:
-        done_paths, logits = in_flight
-        yield from zip(done_paths, np.asarray(logits)[: len(done_paths)])
+        yield from finished(*in_flight)
 
 
-def _decoded_batches(files, size, interpolation, exif, batch_size, on_error=None, progress=None):
+def _decoded_batches(
+    files, size, interpolation, exif, batch_size, on_error=None, progress=None, fit=DEFAULT_FIT, views=None
+):
     """(paths, images) of up to `batch_size` readable files at a time; an unreadable one goes to `on_error`."""
     from .images import ImageError, load_image
 
     pending, paths = [], []
     for path in files:
         try:
-            pending.append(load_image(path, size, interpolation, exif))
+            pending.append(load_image(path, size, interpolation, exif, fit=fit, views=views))
             paths.append(path)
         except ImageError as err:
             if on_error:
@@ -144,15 +191,26 @@ def _decoded_batches(files, size, interpolation, exif, batch_size, on_error=None
         yield paths, pending
 
 
-def load_images(files, size, interpolation=DEFAULT_INTERPOLATION, exif=True, on_error=None, progress=None):
-    """(paths, images (N, H, W, 3) float32 in [0, 1]) of every readable file, all in memory (for --adapt)."""
+def load_images(
+    files,
+    size,
+    interpolation=DEFAULT_INTERPOLATION,
+    exif=True,
+    on_error=None,
+    progress=None,
+    fit=DEFAULT_FIT,
+    views=None,
+):
+    """(paths, images (N, H, W, 3) float32 in [0, 1]) of every readable file, all in memory (for --adapt);
+    (N, len(views), H, W, 3) with `views`."""
     import numpy as np
 
     paths, images = [], []
-    for batch_paths, batch in _decoded_batches(files, size, interpolation, exif, 256, on_error, progress):
+    for batch_paths, batch in _decoded_batches(files, size, interpolation, exif, 256, on_error, progress, fit, views):
         paths += batch_paths
         images += batch
-    return paths, (np.stack(images) if images else np.zeros((0, *size, 3), np.float32))
+    empty_shape = (0, *size, 3) if views is None else (0, len(views), *size, 3)
+    return paths, (np.stack(images) if images else np.zeros(empty_shape, np.float32))
 
 
 def logits_of(model, variables, images, batch_size: int = 32):
@@ -195,6 +253,8 @@ def validate_args(args) -> None:
         raise UserError(f"--top-k {args.top_k}: must be at least 1")
     if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
         raise UserError(f"--batch-size {args.batch_size}: must be between 1 and {MAX_BATCH_SIZE}")
+    if args.fit not in FITS:
+        raise UserError(f"--fit {args.fit}: must be one of {', '.join(FITS)}")
     if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
         raise UserError(f"--threshold {args.threshold}: must be a confidence between 0 and 1 (0: mark nothing)")
     if args.csv:
@@ -204,7 +264,7 @@ def validate_args(args) -> None:
 def run(args) -> int:
     import logging
 
-    from .calibration import softmax, uncertainty_score
+    from .calibration import uncertainty_score
     from .images import expand_inputs
     from .weights import load_weights
 
@@ -230,18 +290,23 @@ def run(args) -> int:
     width = max([6, *map(len, names)]) + 1  # room for the uncertain mark
     path_width = min(40, max([4, *(len(str(f)) for f in files[:1000])]))
     batch = fixed_batch_size(len(files), args.batch_size)
+    views = TTA_VIEWS if args.tta else None
     with tqdm(total=len(files), unit="img", disable=None, leave=False, file=sys.stderr) as bar:
         if args.adapt:
             results, adapted_on = _adapted_logits(weights, files, args, batch, report_error, bar)
         else:
             results, adapted_on = (
-                predict_logits(weights, files, args.interpolation, not args.ignore_exif, batch, report_error, bar),
+                predict_logits(
+                    weights, files, args.interpolation, not args.ignore_exif, batch, report_error, bar, args.fit, views
+                ),
                 None,
             )
         if not args.json:
             print(
                 f"# weights: {weights.source}; temperature {weights.temperature:.4g}"
                 + ("" if weights.run_dir is None or weights.temperature != 1 else " (not fitted)")
+                + f"; fit {args.fit}"
+                + (f"; mean of {len(views)} views (--tta)" if views else "")
                 + f"; ? = uncertain (uncalibrated confidence below {args.threshold:g})"
                 + (f"; BatchNorm adapted to these {adapted_on} photos" if adapted_on else "")
             )
@@ -251,10 +316,11 @@ def run(args) -> int:
                 + ("  top-k" if k > 1 else "")
             )
         for path, logits in results:
-            probs = softmax(logits, weights.temperature)
+            probs = probabilities(logits, weights.temperature)
             order = probs.argsort()[::-1]
             best, confidence = names[order[0]], float(probs[order[0]])
-            raw_confidence = float(uncertainty_score(logits))
+            # With --tta: the max of the views' mean uncalibrated probabilities, which --threshold is applied to.
+            raw_confidence = float(uncertainty_score(logits) if views is None else probabilities(logits).max())
             uncertain = raw_confidence < args.threshold
             if args.json:
                 record = {
@@ -297,11 +363,18 @@ def _adapted_logits(weights, files, args, batch_size, on_error, progress):
     """--adapt: every photo decoded, BatchNorm statistics re-estimated on all of them, then their logits."""
     from .adapt import adapt_batch_norm
 
+    views = TTA_VIEWS if args.tta else None
+    size = tuple(weights.model.input_shape[:2])
     paths, images = load_images(
-        files, tuple(weights.model.input_shape[:2]), args.interpolation, not args.ignore_exif, on_error, progress
+        files, size, args.interpolation, not args.ignore_exif, on_error, progress, args.fit, views
     )
-    variables = adapt_batch_norm(weights.model, weights.variables, images)
-    return zip(paths, logits_of(weights.model, variables, images, batch_size)), len(paths)
+    if views is None:
+        variables = adapt_batch_norm(weights.model, weights.variables, images)
+        return zip(paths, logits_of(weights.model, variables, images, batch_size)), len(paths)
+    # The statistics come from the photos as framed (the first view), one image per photo as without --tta.
+    variables = adapt_batch_norm(weights.model, weights.variables, images[:, 0])
+    logits = logits_of(weights.model, variables, images.reshape(-1, *size, 3), batch_size * len(views))
+    return zip(paths, logits.reshape(len(paths), len(views), -1)), len(paths)
 
 
 def _write_csv(path, rows) -> None:
