@@ -244,6 +244,7 @@ def test_help_names_the_modes_and_the_views(capsys):
     assert json.dumps(len(framing.TTA_VIEWS)) + " views" in text
 
 
+@pytest.mark.slow
 def test_cli_adapt_with_tta_and_pad(tmp_path, capsys):
     from helpers import KERAS_MODEL
 
