@@ -4,7 +4,6 @@ step falls back to the newest good one in one line, and a full disk or an odd wo
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import KERAS_MODEL, ROOT, TINY, error_line, metrics_of, run_train
+from helpers import KERAS_MODEL, ROOT, TINY, error_line
 from signs_jax.data import load_dataset
 from signs_jax.errors import UserError
 from signs_jax.images import ImageError, decode_image, expand_inputs
@@ -150,7 +149,9 @@ def test_a_class_only_the_test_folder_has_is_named(tmp_path):
     data = class_folders(tmp_path / "data", {"train": {"a": 2, "b": 2}, "test": {"a": 1, "b": 1, "c": 1}})
     with pytest.warns(UserWarning) as record:
         dataset = load_dataset(data)
-    assert any(m.startswith(f"{data / 'train'}: ") and "class c" in m and "no training image" in m for m in messages(record))
+    assert any(
+        m.startswith(f"{data / 'train'}: ") and "class c" in m and "no training image" in m for m in messages(record)
+    )
     assert dataset.class_names == ("a", "b", "c")
 
 
