@@ -14,6 +14,12 @@ class UserError(Exception):
     """A problem with the user's input (a file, a flag, a data set), reported as one line."""
 
 
+class MachineError(UserError):
+    """The machine failed the tool (a full disk, a read-only file system): one line, exit status 1."""
+
+    exit_status = 1
+
+
 def _one_line(message, category, filename, lineno, line=None) -> str:
     text = " ".join(str(message).split("\n"))
     if issubclass(category, UserWarning) and category.__module__.startswith(("builtins", __package__)):
@@ -46,7 +52,7 @@ def cli_main(main):
                 return main(argv)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
-            return 2
+            return getattr(err, "exit_status", 2)
         except OSError as err:
             if err.errno not in ENVIRONMENT_ERRNOS:
                 raise

@@ -4,6 +4,7 @@ step falls back to the newest good one in one line, and a full disk or an odd wo
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import KERAS_MODEL, ROOT, TINY, error_line
+from helpers import KERAS_MODEL, ROOT, TINY, error_line, metrics_of, run_train
 from signs_jax.data import load_dataset
 from signs_jax.errors import UserError
 from signs_jax.images import ImageError, decode_image, expand_inputs
@@ -237,3 +238,148 @@ def test_a_cli_warning_is_one_line_on_stderr():
         "warning: /data/train/c: unreadable folder; skipped",
         "warning: /data/train/d: unreadable folder; skipped",
     ]
+
+
+# ---------------------------------------------------------------------- 2. damaged checkpoint steps, leftovers
+
+
+@pytest.fixture(scope="module")
+def three_steps(small_signs, tmp_path_factory):
+    """A finished 3-epoch run: checkpoint steps 10, 20, 30."""
+    workdir = tmp_path_factory.mktemp("three")
+    assert run_train("--data-dir", small_signs, "--workdir", workdir, "--run", "r", "--epochs", 3, *TINY) == 0
+    return workdir / "r"
+
+
+def run_copy(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "w" / run.name
+    shutil.copytree(run, copy)
+    return copy
+
+
+def best_step(run: Path) -> int:
+    """The step with the highest stored score (read from the files, as a user would)."""
+    scores = {int(p.parent.parent.name): json.loads(p.read_text())["score"] for p in run.glob("ckpt/*/metrics/metrics")}
+    return max(scores, key=scores.get)
+
+
+def cut_in_half(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+STEP_FILES = ["_CHECKPOINT_METADATA", "metrics/metrics", "meta/metadata", "variables/_METADATA", "variables/d"]
+
+
+def damage(step_dir: Path, name: str) -> None:
+    for path in [step_dir / name] if (step_dir / name).is_file() else sorted((step_dir / name).iterdir()):
+        cut_in_half(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STEP_FILES)
+def test_weights_come_from_another_step_when_any_file_of_the_best_is_damaged(three_steps, tmp_path, capfd, name):
+    from signs_jax.checkpoints import restore_variables
+
+    run = run_copy(three_steps, tmp_path)
+    best = best_step(run)
+    damage(run / "ckpt" / str(best), name)
+    capfd.readouterr()
+    with pytest.warns(UserWarning) as record:
+        _, variables, step = restore_variables(run)
+    assert step != best
+    lines = messages(record)
+    assert len(lines) == 1 and f"step {best}" in lines[0] and f"using step {step}" in lines[0], lines
+    assert capfd.readouterr().err == ""  # no orbax logging, no tracebacks from its event loop
+
+
+@pytest.mark.slow
+def test_predict_from_a_run_with_damaged_weights_says_so_in_one_line(three_steps, tmp_path):
+    run = run_copy(three_steps, tmp_path)
+    best = best_step(run)
+    damage(run / "ckpt" / str(best), "variables/d")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(jpeg_bytes())
+    code, out, err = run_module("predict", photo, "--weights", run, "--json")
+    assert code == 0, err
+    assert json.loads(out)["path"] == str(photo)
+    assert len(err.splitlines()) == 1 and err.startswith("warning: ") and f"step {best}" in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["metrics/metrics", "meta/metadata", "state/_METADATA", "state/d"])
+def test_resume_falls_back_from_a_damaged_newest_step(three_steps, tmp_path, capfd, name):
+    run = run_copy(three_steps, tmp_path)
+    damage(run / "ckpt" / "30", name)
+    capfd.readouterr()
+    with pytest.warns(UserWarning) as record:
+        code = run_train("--workdir", run.parent, "--resume", "--run", "r", "--epochs", 4, "--no-progress")
+    assert code == 0
+    lines = messages(record)
+    assert len(lines) == 1 and "step 30" in lines[0] and "resuming from step 20" in lines[0], lines
+    assert "Traceback" not in capfd.readouterr().err
+    assert [r["epoch"] for r in metrics_of(run)] == [1, 2, 3, 4]
+    assert [p.name.split("-")[0] for p in (run / "damaged").iterdir()] == ["30"]  # moved aside, not deleted
+    assert sorted(int(p.name) for p in (run / "ckpt").iterdir() if p.name.isdigit())[-1] == 40
+
+
+@pytest.mark.slow
+def test_no_readable_step_is_one_line_and_loses_nothing(three_steps, tmp_path, capsys):
+    run = run_copy(three_steps, tmp_path)
+    for step in (10, 20, 30):
+        damage(run / "ckpt" / str(step), "metrics/metrics")
+    line = error_line(capsys, "--workdir", run.parent, "--resume", "--run", "r", "--epochs", 4, "--no-progress")
+    assert "no checkpoint could be restored" in line and "step 10" in line
+    assert sorted(p.name for p in (run / "ckpt").iterdir() if p.name.isdigit()) == ["10", "20", "30"]
+
+
+@pytest.mark.slow
+def test_an_unfinished_save_left_by_a_kill_is_no_step_and_no_obstacle(three_steps, tmp_path, capsys):
+    """A process killed in the middle of saving step 40 leaves orbax's temporary directory for it."""
+    from signs_jax.checkpoints import checkpoint_steps, restore_variables
+
+    run = run_copy(three_steps, tmp_path)
+    leftover = run / "ckpt" / "40.orbax-checkpoint-tmp-1234567890"
+    shutil.copytree(run / "ckpt" / "30", leftover)
+    shutil.rmtree(leftover / "variables")
+    (leftover / "commit_success.txt").unlink()
+    assert checkpoint_steps(run) == [10, 20, 30]
+    assert restore_variables(run)[2] in (10, 20, 30)
+    assert run_train("--workdir", run.parent, "--resume", "--run", "r", "--epochs", 4, "--no-progress") == 0
+    assert "resuming" in capsys.readouterr().out
+    assert checkpoint_steps(run)[-1] == 40 and restore_variables(run, step=40)[2] == 40
+
+
+# ------------------------------------------------------------------------ 3. odd work directories, full disks
+
+
+def test_a_work_directory_under_proc_is_one_line(small_signs, capsys):
+    line = error_line(capsys, "--data-dir", small_signs, "--workdir", "/proc", "--run", "x", *TINY)
+    assert line.startswith("error: /proc/x: cannot create the run directory (")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB tmpfs: room for one tiny checkpoint, not two (skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)  # the failed run may still hold a file open
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(small_signs, small_disk, capfd):
+    from signs_jax.checkpoints import checkpoint_steps, restore_variables
+
+    capfd.readouterr()
+    code = run_train("--data-dir", small_signs, "--workdir", small_disk, "--run", "r", "--epochs", 3, *TINY)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: {small_disk / 'r' / 'ckpt'}/") and "No space left on device" in err[0]
+    assert "the checkpoint of step 10 is kept" in err[0]
+    run = small_disk / "r"
+    assert checkpoint_steps(run) == [10] and restore_variables(run)[2] == 10
+    assert not list((run / "ckpt").glob("*.orbax-checkpoint-tmp*"))  # the unfinished save is cleared away
