@@ -5,16 +5,23 @@ run), `metrics.jsonl`, `curves.png`, `Result.csv`, and `ckpt/<step>/` written by
 CheckpointManager with three items: `state` (the whole TrainState, for --resume), `variables` (the
 weights to predict with) and `meta` (JSON: epoch, position in the epoch, partial metrics).
 Orbax writes each step to a temporary directory and renames it when complete, so a run killed
-mid-save still has its previous checkpoint; a newest checkpoint that fails to restore is skipped.
+mid-save still has its previous checkpoint (the temporary directory is never taken for a step). A step
+any of whose files is damaged is skipped, in one line that says so: orbax's JSON files are checked before
+orbax sees the step (`step_damage`), damaged arrays show when the step is restored. A save that the disk
+refuses (full, read-only) is one line naming the step and the reason, and removes what it had written.
 
 A directory is a run, one that predict and evaluate may pick, only once it holds a finished
 checkpoint (`has_checkpoint`); before that it is an incomplete start, which `train --run NAME`
 may start again. While a process trains a run it holds an exclusive lock on `<run>/train.lock`.
 """
 
+import contextlib
 import fcntl
 import json
+import logging
 import os
+import re
+import shutil
 import sys
 import time
 import warnings
@@ -26,13 +33,23 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from .errors import UserError
+from .errors import MachineError, UserError
 from .models import ResNet50, abstract_variables
 from .steps import create_state
 
 KEEP_LATEST = 3
 CONFIG_FILE = "config.json"
 LOCK_FILE = "train.lock"
+# The JSON files of a step that orbax parses (the manager reads every step's metrics when it starts).
+STEP_JSON_FILES = (
+    "_CHECKPOINT_METADATA",
+    "metrics/metrics",
+    "meta/metadata",
+    "state/_METADATA",
+    "state/_sharding",
+    "variables/_METADATA",
+    "variables/_sharding",
+)
 
 
 def model_from_config(model_config: Dict[str, Any]):
@@ -66,13 +83,106 @@ def read_train_config(run_dir: Path):
     return TrainConfig.from_dict(read_config(run_dir), str(Path(run_dir) / CONFIG_FILE))
 
 
+@contextlib.contextmanager
+def quiet_orbax():
+    """Keep orbax's logging and the tracebacks of its event loop off stderr while a checkpoint is read or written.
+
+    A failed restore leaves tensorstore reads in flight that report to orbax's event loop after it has closed:
+    each prints a traceback ("Event loop is closed") a few milliseconds later, which is waited out here. The
+    caller says what failed, in one line.
+    """
+    loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+    levels = [logger.level for logger in loggers]
+    previous_hook = sys.unraisablehook
+    late = []
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+            late.append(unraisable)
+        else:
+            previous_hook(unraisable)
+
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    sys.unraisablehook = hook
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        if failed:
+            deadline, seen = time.monotonic() + 2.0, -1
+            while len(late) != seen and time.monotonic() < deadline:
+                seen = len(late)
+                time.sleep(0.1)
+        sys.unraisablehook = previous_hook
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def step_damage(step_dir: Path) -> Optional[str]:
+    """What is damaged in a finished step's JSON files (cut short, garbled, unreadable), or None."""
+    for name in STEP_JSON_FILES:
+        path = Path(step_dir) / name
+        if not path.exists():
+            continue
+        try:
+            json.loads(path.read_bytes())
+        except (OSError, ValueError) as err:
+            return f"its {name} is damaged ({type(err).__name__})"
+    return None
+
+
+class _StepsWithout:
+    """orbax's standard step names, less the `damaged` steps: orbax never reads those."""
+
+    def __init__(self, damaged: Dict[int, str]):
+        self.standard = ocp.path.step.standard_name_format()
+        self.damaged = damaged
+
+    def build_name(self, step: int) -> str:
+        return self.standard.build_name(step)
+
+    def find_all(self, base_path):
+        return (metadata for metadata in self.standard.find_all(base_path) if metadata.step not in self.damaged)
+
+    def find_step(self, base_path, step: int):
+        if step in self.damaged:
+            raise ValueError(f"step {step}: {self.damaged[step]}")
+        return self.standard.find_step(base_path, step)
+
+
+def _errno_of(err: BaseException) -> Optional[int]:
+    """The OS error behind a failed save: an OSError's, or the one tensorstore names in its message."""
+    if isinstance(err, OSError) and err.errno:
+        return err.errno
+    found = re.search(r"os_error_code='(\d+)'", str(err))
+    return int(found.group(1)) if found else None
+
+
 class RunCheckpoints:
     """Save every epoch (and on interruption); keep the latest few and the best by `score`."""
 
     def __init__(self, run_dir: Path, keep: int = KEEP_LATEST, read_only: bool = False):
-        policies = ocp.checkpoint_managers
         self.directory = Path(run_dir).resolve() / "ckpt"
-        options = ocp.CheckpointManagerOptions(
+        # Steps whose JSON files are damaged: hidden from orbax, skipped (and, on resume, moved aside) with a note.
+        self.damaged = {
+            step: why for step in checkpoint_steps(run_dir) if (why := step_damage(self.directory / str(step)))
+        }
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "variables": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler(),
+        }
+        with quiet_orbax():  # its notes (a read-only manager saves nothing, ...) are not the user's concern
+            options = self._options(keep, read_only)
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+
+    def _options(self, keep: int, read_only: bool):
+        policies = ocp.checkpoint_managers
+        return ocp.CheckpointManagerOptions(
             best_fn=lambda metrics: metrics["score"],
             best_mode="max",
             preservation_policy=policies.AnyPreservationPolicy(
@@ -84,13 +194,8 @@ class RunCheckpoints:
             create=not read_only,
             read_only=read_only,
             enable_async_checkpointing=False,  # a save returns once the step is on disk
+            step_name_format=_StepsWithout(self.damaged),
         )
-        handlers = {
-            "state": ocp.StandardCheckpointHandler(),
-            "variables": ocp.StandardCheckpointHandler(),
-            "meta": ocp.JsonCheckpointHandler(),
-        }
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def save(self, step: int, state, meta: Dict[str, Any], score: Optional[float] = None, variables=None) -> None:
         """Save `state` for resuming and `variables` (default: the state's eval weights) for predicting."""
@@ -99,8 +204,23 @@ class RunCheckpoints:
             variables=ocp.args.StandardSave(variables if variables is not None else state.eval_variables()),
             meta=ocp.args.JsonSave(meta),
         )
-        self.manager.save(step, args=args, metrics=None if score is None else {"score": float(score)}, force=True)
-        self.manager.wait_until_finished()
+        try:
+            with quiet_orbax():
+                self.manager.save(
+                    step, args=args, metrics=None if score is None else {"score": float(score)}, force=True
+                )
+                self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 - any failure of the file system: one line, not orbax's traceback
+            code = _errno_of(err)
+            if code is None:
+                raise
+            for unfinished in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(unfinished, ignore_errors=True)
+            saved = self.manager.all_steps()
+            kept = f"the checkpoint of step {max(saved)} is kept" if saved else "no checkpoint had been saved yet"
+            raise MachineError(
+                f"{self.directory / str(step)}: cannot save the checkpoint ({os.strerror(code)}); {kept}"
+            ) from None
 
     def stored_shapes(self, step: int, item: str = "variables") -> Dict[str, Tuple[int, ...]]:
         """{"params/conv1/kernel": shape, ...} of an item as stored at `step`, read from orbax's metadata
@@ -112,26 +232,27 @@ class RunCheckpoints:
         }
 
     def steps(self):
-        return sorted(self.manager.all_steps(), reverse=True)
+        """Every finished step, newest first, damaged ones included (they are skipped when restoring)."""
+        return sorted(set(self.manager.all_steps()) | set(self.damaged), reverse=True)
 
     def restore_latest(self, abstract_state) -> Tuple[Any, Dict[str, Any], int]:
-        """The newest checkpoint that restores; older ones are tried when newer ones are damaged."""
-        errors = []
+        """The newest checkpoint that restores; older ones are tried when newer ones are damaged, which are then
+        moved aside (to `damaged/`) with one warning line."""
+        errors = {}
         for step in self.steps():
+            if step in self.damaged:
+                errors[step] = self.damaged[step]
+                continue
             try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                    ),
-                )
+                with quiet_orbax():
+                    restored = self.manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                        ),
+                    )
             except Exception as err:  # noqa: BLE001 - any damage means: try the previous checkpoint
-                errors.append(step)
-                print(
-                    f"checkpoint {self.directory / str(step)} is unreadable ({type(err).__name__}); "
-                    "trying an older one",
-                    file=sys.stderr,
-                )
+                errors[step] = f"it does not restore ({type(err).__name__})"
                 continue
             if errors:
                 # Moved aside, not deleted: the run continues from `step` and will write those steps anew.
@@ -139,14 +260,21 @@ class RunCheckpoints:
                 damaged.mkdir(exist_ok=True)
                 for bad in errors:
                     (self.directory / str(bad)).rename(damaged / f"{bad}-{int(time.time())}")
+                    self.damaged.pop(bad, None)
                 self.manager.reload()
-                print(
-                    f"resuming from step {step}: newer checkpoint(s) {errors} could not be restored "
-                    f"(moved to {damaged})"
+                warnings.warn(
+                    f"{self.directory}: resuming from step {step}: "
+                    + "; ".join(f"step {bad}: {why}" for bad, why in errors.items())
+                    + f" (moved to {damaged})",
+                    stacklevel=2,
                 )
             return restored["state"], restored["meta"], step
         if errors:
-            raise UserError(f"{self.directory}: no checkpoint could be restored (tried steps {errors})")
+            raise UserError(
+                f"{self.directory}: no checkpoint could be restored ("
+                + "; ".join(f"step {bad}: {why}" for bad, why in errors.items())
+                + ")"
+            )
         raise UserError(f"{self.directory}: no checkpoint to resume from")
 
     def close(self):
@@ -177,12 +305,17 @@ def restore_variables(run_dir: Path, step: Optional[int] = None) -> Tuple[Any, D
     )
     # Explicit shardings: the checkpoint may come from a run over other devices (or processes).
     abstract = _placed(abstract_variables(model), jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    skipped, non_finite = [], []
+    # A damaged step is named whether or not it would have been chosen: its score may be what is damaged.
+    skipped = [f"step {bad}: {why}" for bad, why in sorted(ckpts.damaged.items()) if step in (None, bad)]
+    non_finite = []
     for candidate in dict.fromkeys(candidates):
+        if candidate in ckpts.damaged:
+            continue
         try:
-            restored = ckpts.manager.restore(
-                candidate, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract))
-            )
+            with quiet_orbax():
+                restored = ckpts.manager.restore(
+                    candidate, args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract))
+                )
         except Exception as err:  # noqa: BLE001
             skipped.append(f"step {candidate} is unreadable ({type(err).__name__})")
             continue

@@ -79,13 +79,34 @@ class Dataset(NamedTuple):
         return tuple(self.train.images.shape[1:])
 
 
+def _listing(folder: Path, data: bool = False) -> Optional[List[Path]]:
+    """The entries of `folder`, sorted. A folder that cannot be read is one UserError line when it is the data
+    itself (`data`), else a warning naming it and None: its files are skipped, the rest of the data is used."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as err:
+        reason = (err.strerror or str(err)).lower()
+        if data:
+            raise UserError(f"{folder}: cannot read the folder ({reason})") from None
+        warnings.warn(f"{folder}: unreadable folder ({reason}); skipped", stacklevel=3)
+        return None
+
+
+def _images_of(entries: Optional[List[Path]]) -> List[Path]:
+    """The image files among a folder's entries, by name; dangling symbolic links stay (they are named when read)."""
+    return [p for p in entries or () if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()]
+
+
 def _sub_folders(directory: Path) -> List[Path]:
     """The visible sub-folders (not `.git`, `.ipynb_checkpoints` and the like), sorted."""
-    return sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [p for p in _listing(directory, data=True) if p.is_dir() and not p.name.startswith(".")]
 
 
 def _holds_images(folder: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+    try:
+        return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+    except OSError:
+        return False  # an unreadable folder is named when the data is loaded
 
 
 def holds_data(directory) -> bool:
@@ -181,6 +202,46 @@ def load_dataset(
     return load_class_folders(directory, image_size, test_fraction=test_fraction, seed=seed)
 
 
+def _classes(class_names: Sequence[str], indices) -> str:
+    named = [str(class_names[i]) for i in indices]
+    return f"class {named[0]} has" if len(named) == 1 else f"classes {', '.join(named)} have"
+
+
+def warn_missing_classes(class_names: Sequence[str], train_labels, test_labels, train_place, test_place) -> None:
+    """One warning per kind of gap: classes that no split has, classes without training images (the model cannot
+    learn them), classes without test images (never measured). `*_place`: the file or folder each split is from."""
+    train = np.bincount(train_labels, minlength=len(class_names)) > 0
+    test = np.bincount(test_labels, minlength=len(class_names)) > 0
+    neither, test_only, train_only = ~train & ~test, ~train & test, train & ~test
+    if neither.any():
+        warnings.warn(
+            f"{Path(train_place).parent if train_place != test_place else train_place}: "
+            f"{_classes(class_names, np.flatnonzero(neither))} no image in either split "
+            f"(of {len(class_names)} classes)",
+            stacklevel=3,
+        )
+    if test_only.any():
+        warnings.warn(
+            f"{train_place}: {_classes(class_names, np.flatnonzero(test_only))} no training image (the model "
+            "cannot learn it; its test images can only be misclassified)",
+            stacklevel=3,
+        )
+    if train_only.any():
+        warnings.warn(
+            f"{test_place}: {_classes(class_names, np.flatnonzero(train_only))} no test image (its accuracy is "
+            "never measured)",
+            stacklevel=3,
+        )
+
+
+def check_trainable(dataset: Dataset) -> None:
+    """A UserError (one line) unless the training set holds at least two classes."""
+    present = np.unique(dataset.train.labels)
+    if len(present) < 2:
+        only = f" ({dataset.class_names[int(present[0])]})" if len(present) else ""
+        raise UserError(f"{dataset.source}: only one class{only} in the training set; a classifier needs at least two")
+
+
 # ---------------------------------------------------------------------------------------------- h5
 
 
@@ -236,6 +297,13 @@ def load_signs_h5(directory) -> Dataset:
             )
     if splits["train"].images.shape[1:] != splits["test"].images.shape[1:]:
         raise UserError(f"{directory}: train and test images differ in size")
+    warn_missing_classes(
+        class_names,
+        splits["train"].labels,
+        splits["test"].labels,
+        directory / H5_FILES["train"][0],
+        directory / H5_FILES["test"][0],
+    )
     return Dataset(
         Split(splits["train"].images, splits["train"].labels.astype(np.int32)),
         Split(splits["test"].images, splits["test"].labels.astype(np.int32)),
@@ -250,13 +318,14 @@ def load_signs_h5(directory) -> Dataset:
 def list_images(folder: Path) -> List[Tuple[Path, str]]:
     """(file, class name) pairs of a folder: one sub-folder per class, or flat `{label}_*.jpg` files."""
     folder = Path(folder)
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir())
+    entries = _listing(folder, data=True)
+    subdirs = [p for p in entries if p.is_dir()]
     items = []
     if subdirs:
         for sub in subdirs:
-            items += [(p, sub.name) for p in sorted(sub.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+            items += [(p, sub.name) for p in _images_of(_listing(sub))]
     else:
-        for p in sorted(folder.iterdir()):
+        for p in entries:
             if p.suffix.lower() in IMAGE_SUFFIXES:
                 match = FLAT_LABEL.match(p.name)
                 if not match:
@@ -274,8 +343,8 @@ def _class_sort_key(name: str):
 def _read_listings(listings, image_size) -> Tuple[Dict[str, Split], Tuple[str, ...], Dict[str, List[Path]]]:
     """Every listed (file, class) decoded: the splits, the class names, and the files each split kept.
 
-    Unreadable files are skipped with one warning that lists them. `image_size` None: the size of the first
-    readable training image, as it is shown (EXIF applied).
+    Unreadable files are skipped with one warning each that names the file and says why. `image_size` None:
+    the size of the first readable training image, as it is shown (EXIF applied).
     """
     class_names = tuple(sorted({c for items in listings.values() for _, c in items}, key=_class_sort_key))
     index = {c: i for i, c in enumerate(class_names)}
@@ -299,13 +368,13 @@ def _read_listings(listings, image_size) -> Tuple[Dict[str, Split], Tuple[str, .
             except ImageError as err:  # its message names the file and says why
                 skipped.append(str(err))
             except Exception as err:  # noqa: BLE001 - any unreadable file is reported, not fatal
-                skipped.append(f"{path} ({type(err).__name__}: {err})")
+                skipped.append(f"{path}: cannot decode ({type(err).__name__}: {err})")
         if not images:
             raise UserError(f"{items[0][0].parent}: none of {len(items)} images could be read")
         splits[name] = Split(np.stack(images), np.asarray(labels, np.int32))
         kept[name] = paths
-    if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s): " + "; ".join(skipped), stacklevel=3)
+    for message in skipped:
+        warnings.warn(f"{message}; skipped", stacklevel=3)
     return splits, class_names, kept
 
 
@@ -315,6 +384,7 @@ def load_image_folders(train_dir, test_dir, val_dir=None, image_size=None) -> Da
     if val_dir is not None:
         listings["validation"] = list_images(val_dir)
     splits, class_names, _ = _read_listings(listings, image_size)
+    warn_missing_classes(class_names, splits["train"].labels, splits["test"].labels, train_dir, test_dir)
     source = f"{Path(train_dir).parent} (image folders)"
     return Dataset(splits["train"], splits["test"], class_names, source, splits.get("validation"))
 
@@ -360,7 +430,10 @@ def load_class_folders(
         raise UserError(f"--test-fraction must be between 0 and 1 (both excluded), got {test_fraction}")
     items = []
     for folder in _sub_folders(directory):
-        images = [(p, folder.name) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        entries = _listing(folder)
+        if entries is None:
+            continue  # named in a warning; its class is left out
+        images = [(p, folder.name) for p in _images_of(entries)]
         if not images:
             raise UserError(
                 f"{folder}: no images in this class folder (every sub-folder of {directory} is a class and "
@@ -378,6 +451,7 @@ def load_class_folders(
         )
     listings = {"train": [items[i] for i in train_idx], "test": [items[i] for i in test_idx]}
     splits, class_names, kept = _read_listings(listings, image_size)
+    warn_missing_classes(class_names, splits["train"].labels, splits["test"].labels, directory, directory)
     files = {name: tuple(_relative_name(p, directory) for p in paths) for name, paths in kept.items()}
     source = f"{directory} (class folders, test fraction {test_fraction:g}, seed {seed})"
     return Dataset(splits["train"], splits["test"], class_names, source, files=files)
@@ -465,8 +539,10 @@ def hold_out_validation(dataset: Dataset, fraction: float, seed: int, at_least_o
     """Move a stratified, seeded `fraction` of the training set into `validation`.
 
     `at_least_one`: every class with two or more images gives at least one (and keeps at least one). When
-    nothing is held out the dataset stays without validation.
+    nothing is held out the dataset stays without validation. This is where training takes its data, so a training
+    set of one class is refused here (`check_trainable`).
     """
+    check_trainable(dataset)
     if fraction <= 0:
         return dataset
     if not 0 < fraction < 1:

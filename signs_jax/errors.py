@@ -1,23 +1,64 @@
-"""User-facing errors: one clear line, no traceback."""
+"""User-facing errors and warnings: one clear line each, no traceback."""
 
+import contextlib
+import errno
 import functools
 import sys
+import warnings
+
+# Failures of the machine rather than of the input: reported as one line (exit status 1), not a traceback.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EMFILE, errno.ENFILE}
 
 
 class UserError(Exception):
     """A problem with the user's input (a file, a flag, a data set), reported as one line."""
 
 
+class MachineError(UserError):
+    """The machine failed the tool (a full disk, a read-only file system): one line, exit status 1."""
+
+    exit_status = 1
+
+
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    text = " ".join(str(message).split("\n"))
+    if issubclass(category, UserWarning) and category.__module__.startswith(("builtins", __package__)):
+        return f"warning: {text}\n"
+    return f"warning: {text} ({category.__name__}, {filename}:{lineno})\n"
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """Warnings shown as `warning: <message>`, one line each (not Python's two-line form naming the source line),
+    every time they happen. Where warnings are recorded instead (pytest), they stay recorded."""
+    previous = warnings.formatwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UserWarning)
+        warnings.formatwarning = _one_line
+        try:
+            yield
+        finally:
+            warnings.formatwarning = previous
+
+
 def cli_main(main):
-    """Wrap a CLI entry point: a UserError prints one line to stderr and exits with status 2."""
+    """Wrap a CLI entry point: a UserError prints one line to stderr and exits with status 2; a full disk (or
+    another failure of the machine, `ENVIRONMENT_ERRNOS`) one line and status 1. Warnings are one line each."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
         try:
-            return main(argv)
+            with one_line_warnings():
+                return main(argv)
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
-            return 2
+            return getattr(err, "exit_status", 2)
+        except OSError as err:
+            if err.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            where = "" if err.filename is None else f"{err.filename}: "
+            print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130

@@ -12,6 +12,7 @@ about the same result. `scripts/compare_interpolation.py` measured lanczos close
 numpy and Pillow are imported inside the functions so that `--help` stays fast.
 """
 
+import os
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
@@ -119,6 +120,8 @@ def decode_image(
     if path.is_dir():
         raise ImageError(f"{path}: is a directory")
     if not path.exists():
+        if path.is_symlink():
+            raise ImageError(f"{path}: dangling symbolic link (to {os.readlink(path)}, which does not exist)")
         raise ImageError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: empty file")
@@ -141,6 +144,11 @@ def decode_image(
                     side = DRAFT_FACTOR * max(target)
                     img.draft(img.mode, (side, side))
                 img.load()
+                if img.format == "JPEG" and _ends_in_missing_data(img):
+                    raise ImageError(
+                        f"{path}: a JPEG cut short or damaged (it ends in the flat grey libjpeg fills in for "
+                        "missing data)"
+                    )
                 if exif:
                     img = ImageOps.exif_transpose(img)
                 img = to_rgb(img)
@@ -165,13 +173,37 @@ def decode_image(
         Image.MAX_IMAGE_PIXELS = pil_limit
 
 
+def _ends_in_missing_data(img) -> bool:
+    """Whether a decoded JPEG ends in the flat grey that libjpeg fills in where its data stops early.
+
+    A JPEG cut short and closed again, or with a marker in the middle of its data, decodes without an error:
+    libjpeg only warns ("premature end of data segment"), which Pillow does not pass on, and leaves every block
+    after the damage at exactly (128, 128, 128). Decoding runs in rows of blocks, so the last block (8x8 pixels,
+    fewer under draft scaling) is then grey, which a whole photo's last block practically never is. An image
+    that is that grey everywhere is taken as it is.
+    """
+    import numpy as np
+
+    if img.mode not in ("RGB", "L"):
+        return False
+    scale = img.decoderconfig[0] if getattr(img, "decoderconfig", None) else 1
+    block = max(1, 8 // scale)
+    pixels = np.asarray(img)
+    height, width = pixels.shape[:2]
+    last = pixels[(height - 1) // block * block :, (width - 1) // block * block :]
+    return bool((last == 128).all() and not (pixels == 128).all())
+
+
 def expand_inputs(inputs: Iterable) -> Tuple[List[Path], List[str]]:
     """Files and folders -> image files (folders searched recursively) and one error line per bad input."""
     files, errors = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            # Dangling symbolic links stay in, to be named when read: a photo moved away is not silently left out.
+            found = sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())
+            )
             if not found:
                 errors.append(f"{path}: directory without images")
             files += found
