@@ -174,6 +174,9 @@ def _check_against_data(config: TrainConfig, dataset) -> None:
     """Values that depend on the data: one line naming the key."""
     import numpy as np
 
+    from .data import check_trainable
+
+    check_trainable(dataset)  # image folders with their own validation folder skip the hold-out that checks it
     height, width = dataset.image_shape[:2]
     if min(height, width) < configuration.MIN_IMAGE_SIDE:
         side = configuration.MIN_IMAGE_SIDE
