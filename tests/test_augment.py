@@ -23,7 +23,7 @@ from signs_jax.augment import (
 augment_jit = jax.jit(augment, static_argnums=2)
 
 
-def hand_like_batch(n=16, size=64):
+def hand_like_batch(n=8, size=64):
     """A bright blob with five 'fingers' inside the central 60 % of a dark frame, as uint8-scaled floats."""
     image = np.zeros((size, size, 3), np.float32)
     lo, hi = int(size * 0.3), int(size * 0.7)
