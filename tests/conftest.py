@@ -67,9 +67,12 @@ def keras_loaded():
 
 @pytest.fixture(scope="session")
 def predict_probs(keras_loaded):
-    """One compiled inference function for the width-1/8 fixture architecture: (variables, x) -> probs."""
+    """Inference on the width-1/8 fixture architecture, (variables, x) -> probs: the predict tool's compiled
+    forward at its default batch of 32, so that the parity tests and the tools' tests share one compile."""
+    from signs_jax.predict import logits_of
+
     model, _ = keras_loaded
-    return jax.jit(lambda variables, x: jax.nn.softmax(model.apply(variables, x)))
+    return lambda variables, x: jax.nn.softmax(logits_of(model, variables, np.asarray(x), batch_size=32))
 
 
 @pytest.fixture(scope="session")

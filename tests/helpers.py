@@ -16,6 +16,9 @@ KERAS_FILES = {
     "keras3_legacy": FIXTURES / "resnet50_w8_keras3_legacy.h5",
 }
 KERAS_MODEL = str(KERAS_FILES["keras2_model"])
+# The predict tool's default batch. evaluate runs on the Keras fixture pass it: both tools then share one
+# compiled forward of the fixture (evaluate's own default batch would be one more compile of it).
+PREDICT_BATCH = ["--batch-size", "32"]
 
 # The narrowest, shallowest ResNet50 variant that still has every kind of block: training tests use it.
 TINY = [

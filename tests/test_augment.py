@@ -1,5 +1,7 @@
 """The training augmentation: shapes, range, determinism per key, and that it keeps what the label counts."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +23,7 @@ from signs_jax.augment import (
 augment_jit = jax.jit(augment, static_argnums=2)
 
 
-def hand_like_batch(n=16, size=64):
+def hand_like_batch(n=8, size=64):
     """A bright blob with five 'fingers' inside the central 60 % of a dark frame, as uint8-scaled floats."""
     image = np.zeros((size, size, 3), np.float32)
     lo, hi = int(size * 0.3), int(size * 0.7)
@@ -86,9 +88,9 @@ def test_every_policy_keeps_shape_dtype_range_and_is_deterministic_per_key(polic
 
 
 def test_the_basic_policy_is_the_default():
-    x = hand_like_batch(n=4)
+    x = jax.random.uniform(jax.random.key(0), (8, 64, 64, 3))  # the shape the tests above compiled both calls for
     np.testing.assert_array_equal(
-        np.asarray(augment(jax.random.key(7), x)), np.asarray(augment(jax.random.key(7), x, "basic"))
+        np.asarray(augment_jit(jax.random.key(7), x)), np.asarray(augment_jit(jax.random.key(7), x, "basic"))
     )
 
 
@@ -134,7 +136,8 @@ def test_replace_background_keeps_the_hand_and_changes_the_wall():
 
 
 def test_generated_backgrounds_differ_by_key_and_stay_plausible():
-    a, b = (np.asarray(generated_background(jax.random.key(k), (64, 64, 3))) for k in (0, 1))
+    background = jax.jit(generated_background, static_argnums=1)
+    a, b = (np.asarray(background(jax.random.key(k), (64, 64, 3))) for k in (0, 1))
     assert a.shape == (64, 64, 3) and np.abs(a - b).mean() > 0.01
     for bg in (a, b):
         assert 0.0 < bg.min() and bg.max() < 1.3  # a wall, lit: neither black nor far beyond white
@@ -142,10 +145,18 @@ def test_generated_backgrounds_differ_by_key_and_stay_plausible():
 
 def test_vignette_darkens_the_corners_more_than_the_centre():
     white = jnp.ones((64, 64, 3))
-    out = np.asarray(vignette(jax.random.key(0), white))
+    out = np.asarray(jax.jit(vignette)(jax.random.key(0), white))
     assert out.max() <= 1.0
     corners = np.mean([out[0, 0], out[0, -1], out[-1, 0], out[-1, -1]])
     assert corners < out[28:36, 28:36].mean()
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def warped_batch(keys, images, limits):
+    """Each image warped by its own random geometry within `limits`: compiled once per `limits`."""
+    return jax.vmap(lambda key, image: warp(image, *random_geometry(tuple(jax.random.split(key, 5)), limits)))(
+        keys, images
+    )
 
 
 @pytest.mark.parametrize("limits", [BASIC_GEOMETRY, PHOTO_GEOMETRY], ids=["basic", "photo"])
@@ -154,11 +165,7 @@ def test_the_hand_stays_in_the_frame_under_every_policys_geometry(limits, seed):
     """Rotation, zoom (both ways), aspect change and shift at their limits never cut the hand off."""
     x = hand_like_batch(n=64)
     before = float((x[0, ..., 0] > 0.5).sum())
-
-    def one(key, image):
-        return warp(image, *random_geometry(tuple(jax.random.split(key, 5)), limits))
-
-    y = np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(seed), 64), x))
+    y = np.asarray(warped_batch(jax.random.split(jax.random.key(seed), 64), x, limits))
     after = (y[..., 0] > 0.5).sum(axis=(1, 2))
     # Area scales with the two zooms; the aspect change never raises either above the largest zoom.
     low, high = limits.scale[0] ** 2 / (1 + limits.max_aspect), limits.scale[1] ** 2

@@ -29,6 +29,17 @@ CASES = [  # kernel, stride, padding, input size
 ]
 
 
+def quick_loop_runs(cases, quick):
+    """`cases` as parameters: those in `quick` run in the quick loop, the others only in the full suite.
+
+    One case of each kind (kernel, stride, padding) stays quick; every case still runs in the full suite."""
+    assert set(quick) <= set(cases)
+    return [case if case in quick else pytest.param(*case, marks=pytest.mark.slow) for case in cases]
+
+
+QUICK_CASES = [(1, 2, "VALID", 15), (3, 2, "SAME", 9), (2, 2, "SAME", 7), (3, 1, ((0, 2), (1, 0)), 6)]
+
+
 def random_cases(n, seed=0):
     rng = np.random.default_rng(seed)
     cases = []
@@ -44,27 +55,33 @@ def assert_same_as_lax_conv(conv, kernel, stride, padding, size, c_in=5, c_out=6
     x = jax.random.normal(jax.random.key(1), (2, size, size + 1, c_in))
     ref = XlaConv(c_out, (kernel, kernel), strides=(stride, stride), padding=padding)
     fast = conv(c_out, (kernel, kernel), strides=(stride, stride), padding=padding)
-    variables = ref.init(jax.random.key(0), x)
-    fast_variables = fast.init(jax.random.key(0), x)
+    variables = jax.jit(ref.init)(jax.random.key(0), x)
+    fast_variables = jax.eval_shape(fast.init, jax.random.key(0), x)
     shapes = lambda tree: jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), tree)  # noqa: E731
     assert shapes(fast_variables) == shapes(variables)  # same param tree: Keras .h5 import is unchanged
-    np.testing.assert_allclose(fast.apply(variables, x), ref.apply(variables, x), atol=1e-5)
-
-    def loss(module):
-        return lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))
-
-    g_ref = jax.grad(loss(ref), argnums=(0, 1))(variables, x)
-    g_fast = jax.grad(loss(fast), argnums=(0, 1))(variables, x)
+    y_fast, g_fast = output_and_gradients(fast)(variables, x)
+    y_ref, g_ref = output_and_gradients(ref)(variables, x)
+    np.testing.assert_allclose(y_fast, y_ref, atol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(g_fast), jax.tree_util.tree_leaves(g_ref)):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kernel, stride, padding, size", CASES)
+def output_and_gradients(module):
+    """One compiled function per conv: its output, and the gradients of a loss on it (params, input).
+
+    Jitted, as every step that uses a conv is: op by op, each of im2col's views compiles on its own, and
+    that compiling took most of this module's time."""
+    loss = lambda v, x: jnp.sum(jnp.sin(module.apply(v, x)))  # noqa: E731
+    return jax.jit(lambda v, x: (module.apply(v, x), jax.grad(loss, argnums=(0, 1))(v, x)))
+
+
+@pytest.mark.parametrize("kernel, stride, padding, size", quick_loop_runs(CASES, QUICK_CASES))
 @pytest.mark.parametrize("name", FAST)
 def test_values_and_gradients_equal_lax_conv(name, kernel, stride, padding, size):
     assert_same_as_lax_conv(CONV_IMPLEMENTATIONS[name], kernel, stride, padding, size)
 
 
+@pytest.mark.slow  # more of what test_values_and_gradients_equal_lax_conv checks
 @pytest.mark.parametrize("kernel, stride, padding, size, c_in, c_out", random_cases(6))
 @pytest.mark.parametrize("name", FAST)
 def test_random_shapes_equal_lax_conv(name, kernel, stride, padding, size, c_in, c_out):
@@ -87,18 +104,23 @@ WINOGRAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("kernel, stride, padding, size", WINOGRAD_CASES)
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_inference_winograd_conv_equals_lax_conv(monkeypatch, kernel, stride, padding, size, dtype):
+@pytest.mark.parametrize(
+    "dtype, kernel, stride, padding, size",
+    quick_loop_runs(
+        [(dtype, *case) for dtype in (jnp.float32, jnp.bfloat16) for case in WINOGRAD_CASES],
+        [(jnp.float32, 3, 1, "SAME", 8), (jnp.bfloat16, 3, 1, "SAME", 15)],
+    ),
+)
+def test_inference_winograd_conv_equals_lax_conv(monkeypatch, dtype, kernel, stride, padding, size):
     monkeypatch.setattr(conv_module, "SKIP_PADDING_MIN_FRACTION", 1.1)  # every 3x3 stride-1 conv takes Winograd
     if dtype == jnp.float32:
         assert_same_as_lax_conv(functools.partial(MatmulConv, inference=True), kernel, stride, padding, size)
     else:  # bfloat16 matmul inputs: the transformed tiles and kernel are rounded once, like im2col's patches
         x = jax.random.normal(jax.random.key(1), (2, size, size + 1, 5))
         conv = lambda **kw: MatmulConv(6, (3, 3), padding=padding, **kw)  # noqa: E731
-        variables = conv().init(jax.random.key(0), x)
-        exact = conv().apply(variables, x)
-        fast = conv(inference=True, dtype=jnp.bfloat16).apply(variables, x)
+        variables = jax.jit(conv().init)(jax.random.key(0), x)
+        exact = jax.jit(conv().apply)(variables, x)
+        fast = jax.jit(conv(inference=True, dtype=jnp.bfloat16).apply)(variables, x)
         assert fast.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(fast, np.float32), exact, atol=0.05, rtol=0.02)
 
@@ -123,14 +145,14 @@ def patches_view_by_view(x, kernel, stride, pads):
     return out
 
 
-@pytest.mark.parametrize("kernel, stride, pads, channels", PATCH_CASES)
+@pytest.mark.parametrize("kernel, stride, pads, channels", quick_loop_runs(PATCH_CASES, PATCH_CASES[1:3]))
 def test_patches_and_their_transpose_are_im2col(kernel, stride, pads, channels):
     x = jax.random.normal(jax.random.key(0), (2, 13, 11, channels))
     expected = patches_view_by_view(x, kernel, stride, pads)
-    np.testing.assert_array_equal(conv_module.im2col(x, kernel, stride, pads), expected)
-    np.testing.assert_array_equal(
-        conv_module.im2col_transposed(x, kernel, stride, pads), expected.reshape(-1, expected.shape[-1]).T
-    )
+    both = lambda x: [build(x, kernel, stride, pads) for build in (conv_module.im2col, conv_module.im2col_transposed)]
+    im2col, im2col_transposed = jax.jit(both)(x)
+    np.testing.assert_array_equal(im2col, expected)
+    np.testing.assert_array_equal(im2col_transposed, expected.reshape(-1, expected.shape[-1]).T)
 
 
 @pytest.mark.perf
@@ -180,15 +202,15 @@ def test_same_padding_is_tensorflows():
 def test_bfloat16_compute_keeps_float32_params_and_gradients(name):
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 4))
     conv = CONV_IMPLEMENTATIONS[name](3, (3, 3), dtype=jnp.bfloat16, param_dtype=jnp.float32)
-    variables = conv.init(jax.random.key(0), x)
+    variables = jax.jit(conv.init)(jax.random.key(0), x)
     assert variables["params"]["kernel"].dtype == jnp.float32
-    y = conv.apply(variables, x)
+    y = jax.jit(conv.apply)(variables, x)
     assert y.dtype == jnp.bfloat16
     ref = XlaConv(3, (3, 3))
-    np.testing.assert_allclose(np.asarray(y, np.float32), ref.apply(variables, x), atol=0.1)
+    np.testing.assert_allclose(np.asarray(y, np.float32), jax.jit(ref.apply)(variables, x), atol=0.1)
     # jitted: XLA fuses and lays out the dots differently than op by op
     grads = jax.jit(jax.grad(lambda v: jnp.sum(conv.apply(v, x).astype(jnp.float32) ** 2)))(variables)
-    ref_grads = jax.grad(lambda v: jnp.sum(ref.apply(v, x) ** 2))(variables)
+    ref_grads = jax.jit(jax.grad(lambda v: jnp.sum(ref.apply(v, x) ** 2)))(variables)
     for g, r in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
         assert g.dtype == jnp.float32
         np.testing.assert_allclose(g, r, rtol=0.05, atol=0.05 * float(jnp.abs(r).max()))
@@ -197,21 +219,25 @@ def test_bfloat16_compute_keeps_float32_params_and_gradients(name):
 @pytest.mark.parametrize(
     "conv, inference_conv",
     [
-        (MatmulConv, MatmulInferenceConv),
-        (MatmulConv, None),
-        (XlaConv, None),
-        (XlaConv, MatmulInferenceConv),
+        (MatmulConv, MatmulInferenceConv),  # the CPU's default
+        pytest.param(MatmulConv, None, marks=pytest.mark.slow),
+        (XlaConv, None),  # the default elsewhere
+        pytest.param(XlaConv, MatmulInferenceConv, marks=pytest.mark.slow),
     ],
 )
-def test_every_conv_pairing_matches_keras(keras_loaded, keras_images, keras_expected, conv, inference_conv):
+def test_every_conv_pairing_matches_keras(
+    keras_loaded, predict_probs, keras_images, keras_expected, conv, inference_conv
+):
     """`ResNet`'s inference conv is a field of its own: whichever pair computes, Keras's probabilities."""
-    model, variables = keras_loaded
-    model = model.clone(conv=conv, inference_conv=inference_conv)
-    probs = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x)))(variables, keras_images)
+    loaded, variables = keras_loaded
+    model = loaded.clone(conv=conv, inference_conv=inference_conv)
+    # the loaded model's own pair: the function the parity tests compile
+    probs_of = predict_probs if model == loaded else jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x)))
+    probs = probs_of(variables, keras_images)
     np.testing.assert_allclose(np.asarray(probs), keras_expected["probabilities"], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kernel, stride, padding, size", CASES)
+@pytest.mark.parametrize("kernel, stride, padding, size", quick_loop_runs(CASES, QUICK_CASES))
 def test_bfloat16_gradients_on_bfloat16_values_equal_float32_lax_conv(kernel, stride, padding, size):
     """On inputs, kernel and output gradient exactly representable in bfloat16, the bfloat16 path's only
     roundings are float32 sums and one final rounding of the input gradient to bfloat16."""
@@ -221,10 +247,10 @@ def test_bfloat16_gradients_on_bfloat16_values_equal_float32_lax_conv(kernel, st
     conv = MatmulConv(5, (kernel, kernel), strides=(stride, stride), padding=padding, dtype=jnp.bfloat16)
     ref = XlaConv(5, (kernel, kernel), strides=(stride, stride), padding=padding, precision="highest")
     variables = {"params": {"kernel": bf16_values((kernel, kernel, 4, 5)), "bias": jnp.zeros(5)}}
-    weights = bf16_values(ref.apply(variables, x).shape)
+    weights = bf16_values(jax.eval_shape(ref.apply, variables, x).shape)
     loss = lambda module: lambda v, x: jnp.sum(module.apply(v, x).astype(jnp.float32) * weights)  # noqa: E731
     grads = jax.jit(jax.grad(loss(conv), argnums=(0, 1)))(variables, x)
-    (ref_vars, ref_x) = jax.grad(loss(ref), argnums=(0, 1))(variables, x)
+    (ref_vars, ref_x) = jax.jit(jax.grad(loss(ref), argnums=(0, 1)))(variables, x)
     d_kernel = grads[0]["params"]["kernel"]
     assert d_kernel.dtype == jnp.float32
     # rounded to bfloat16 (as an earlier version did) the kernel gradient would be ~4e-3 off

@@ -11,7 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from helpers import KERAS_FILES, ROOT, TINY  # TINY: the run shape test_evaluate trains too (shared compiles)
+# TINY: the run shape test_evaluate trains too (shared compiles)
+from helpers import KERAS_FILES, PREDICT_BATCH, ROOT, TINY
 from signs_jax import cli, data, evaluate, train
 from signs_jax.config import PACKAGED_DATA, DataConfig, TrainConfig
 from signs_jax.errors import UserError
@@ -254,5 +255,5 @@ def test_evaluate_a_run_that_recorded_a_directory(packaged_run, small_signs, now
 
 
 def test_evaluate_a_keras_file_on_the_packaged_copy_by_default(nowhere, capsys):
-    result = evaluate_json(capsys, "--weights", KERAS_FILES["keras2_model"])
+    result = evaluate_json(capsys, "--weights", KERAS_FILES["keras2_model"], *PREDICT_BATCH)
     assert result["examples"] == 120 and result["data"].startswith(data.PACKAGED_SOURCE)

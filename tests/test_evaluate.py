@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import KERAS_MODEL, ROOT, TINY
+from helpers import KERAS_MODEL, PREDICT_BATCH, ROOT, TINY
 from signs_jax import evaluate, predict, train
 
 
@@ -45,9 +45,8 @@ def jpeg_folders(tmp_path_factory):
 
 def test_evaluate_reports_everything(small_signs, tmp_path, capsys):
     png = tmp_path / "cm.png"
-    code = evaluate.main(
-        ["--weights", KERAS_MODEL, "--data-dir", str(small_signs), "--json", "--confusion-png", str(png)]
-    )
+    args = ["--weights", KERAS_MODEL, "--data-dir", small_signs, "--json", "--confusion-png", png, *PREDICT_BATCH]
+    code = evaluate.main([str(a) for a in args])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     matrix = np.array(result["confusion_matrix"])
@@ -69,7 +68,7 @@ def test_evaluate_reports_everything(small_signs, tmp_path, capsys):
 
 def test_evaluate_on_image_folders_counts_near_copies(jpeg_folders, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a Keras .h5 has no run directory: the picture goes to the current directory
-    assert evaluate.main(["--weights", KERAS_MODEL, "--data-dir", str(jpeg_folders)]) == 0
+    assert evaluate.main(["--weights", KERAS_MODEL, "--data-dir", str(jpeg_folders), *PREDICT_BATCH]) == 0
     text = capsys.readouterr().out
     assert "(120 test images)" in text and "precision" in text and "recall" in text
     assert "confusion matrix (rows: true, columns: predicted)" in text

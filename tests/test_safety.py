@@ -97,13 +97,14 @@ def test_predict_csv_in_a_missing_folder_is_one_line_before_any_work(photo, tmp_
 def test_predict_replaces_an_old_csv_atomically_with_normal_permissions(photo, tmp_path, capsys):
     out = tmp_path / "photos" / "results.csv"  # inside the input folder: not an image, so never read as one
     out.parent.mkdir()
-    shutil.copy(photo, out.parent / "a.jpg")
+    for name in ("a.jpg", "b.jpg"):  # two photos: the 8-image batch the predict tests compiled
+        shutil.copy(photo, out.parent / name)
     out.write_text("old,results\n")
     assert predict.main([str(out.parent), "--weights", KERAS_MODEL, "--csv", str(out)]) == 0
     rows = out.read_text().splitlines()
-    assert rows[0].startswith("path,class") and len(rows) == 2 and rows[1].startswith(str(out.parent / "a.jpg"))
+    assert rows[0].startswith("path,class") and len(rows) == 3 and rows[1].startswith(str(out.parent / "a.jpg"))
     assert out.stat().st_mode & 0o777 == normal_mode()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["a.jpg", "results.csv"]  # no temporary left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == ["a.jpg", "b.jpg", "results.csv"]  # no temporary left
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
