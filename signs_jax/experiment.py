@@ -404,6 +404,16 @@ def _setup(given: Optional[TrainConfig], place: RunDirectory, dp, resume: bool) 
     )
 
 
+@functools.lru_cache(maxsize=1)
+def compiled_augment():
+    """The training augmentation as one compiled function, for the images augmented outside the train step."""
+    import jax
+
+    from .augment import augment
+
+    return jax.jit(augment, static_argnums=2)
+
+
 def _calibration_images(images, recipe: Recipe, seed: int):
     """The images BatchNorm statistics are re-estimated on: as they are, or one seeded augmented draw of them."""
     if not recipe.bn_recalibration_augmented or not len(images):
@@ -411,10 +421,9 @@ def _calibration_images(images, recipe: Recipe, seed: int):
     import jax
     import numpy as np
 
-    from .augment import augment
-
     key = jax.random.fold_in(jax.random.key(seed), 7)
-    augmented = augment(key, jax.numpy.asarray(images, jax.numpy.float32) / 255.0, recipe.augment_policy)
+    images = jax.numpy.asarray(images, jax.numpy.float32) / 255.0
+    augmented = compiled_augment()(key, images, recipe.augment_policy)
     return np.asarray(jax.numpy.round(augmented * 255.0)).astype(np.uint8)
 
 
@@ -455,11 +464,9 @@ def _log_augmented_sample(job: _Job, writer, count: int = 16) -> None:
         return
     import jax
 
-    from .augment import augment
-
     images = jax.numpy.asarray(job.dataset.train.images[:count], jax.numpy.float32) / 255.0
     key = jax.random.fold_in(jax.random.key(job.seed), 11)
-    writer.image_grid("images/augmented_batch", 0, augment(key, images, job.recipe.augment_policy))
+    writer.image_grid("images/augmented_batch", 0, compiled_augment()(key, images, job.recipe.augment_policy))
 
 
 def _json_line(record: Dict[str, Any]) -> str:
