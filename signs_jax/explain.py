@@ -67,8 +67,10 @@ def _compiled_grad_cam(model, stage: int):
 
     def is_target(context):
         module = context.module
-        return context.method_name == "__call__" and isinstance(module, (ConvBlock, IdentityBlock)) and (
-            module.name == name
+        return (
+            context.method_name == "__call__"
+            and isinstance(module, (ConvBlock, IdentityBlock))
+            and (module.name == name)
         )
 
     def block_shape(variables, images):
