@@ -195,6 +195,27 @@ def explain(
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
+def rank_correlation(a, b) -> np.ndarray:
+    """Spearman rank correlation of each pair of maps (N, H, W): tied pixels share their mean rank; NaN where
+    either map is constant (it ranks nothing)."""
+    from scipy.stats import rankdata
+
+    out = []
+    for x, y in zip(np.asarray(a), np.asarray(b)):
+        if np.ptp(x) == 0 or np.ptp(y) == 0:
+            out.append(np.nan)
+        else:
+            out.append(np.corrcoef(rankdata(x.ravel()), rankdata(y.ravel()))[0, 1])
+    return np.asarray(out, np.float64)
+
+
+def method_name(method: str, stage: Optional[int] = None) -> str:
+    """How pictures and tables name a method (and Grad-CAM's stage)."""
+    if method == "gradcam":
+        return f"Grad-CAM, stage {DEFAULT_STAGE if stage is None else stage}"
+    return {"integrated_gradients": "integrated gradients", "smoothgrad": "SmoothGrad"}.get(method, method)
+
+
 def overlay(image, heatmap, alpha: float = 0.5) -> np.ndarray:
     """`image` (H, W, 3) in [0, 1] with `heatmap` (H, W) in [0, 1] blended over it in the 'jet' colours."""
     from matplotlib import colormaps

@@ -110,7 +110,7 @@ def _explanation_picture(path, heatmap, title: str, target: Path, exif: bool) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .explain import DEFAULT_METHOD, DEFAULT_STAGE, overlay
+    from .explain import DEFAULT_METHOD, DEFAULT_STAGE, method_name, overlay
     from .plots import save_figure
 
     photo = _display_photo(path, exif)
@@ -118,7 +118,7 @@ def _explanation_picture(path, heatmap, title: str, target: Path, exif: bool) ->
     left.imshow(photo)
     left.set_title("photo")
     right.imshow(overlay(photo, _resized_map(heatmap, photo.shape)))
-    right.set_title(method_label(DEFAULT_METHOD, DEFAULT_STAGE))
+    right.set_title(method_name(DEFAULT_METHOD, DEFAULT_STAGE))
     for ax in (left, right):
         ax.axis("off")
     fig.suptitle(title)
@@ -127,10 +127,6 @@ def _explanation_picture(path, heatmap, title: str, target: Path, exif: bool) ->
         return save_figure(fig, target)
     except OSError as err:
         raise UserError(f"{target}: cannot write the explanation ({err.strerror or err})") from None
-
-
-def method_label(method: str, stage: int) -> str:
-    return f"Grad-CAM, stage {stage}" if method == "gradcam" else method.replace("_", " ")
 
 
 def write_gallery(model, variables, images, labels, logits, class_names, temperature, target, limit=GALLERY_MAX):
@@ -142,7 +138,7 @@ def write_gallery(model, variables, images, labels, logits, class_names, tempera
     import matplotlib.pyplot as plt
 
     from .calibration import softmax
-    from .explain import DEFAULT_METHOD, DEFAULT_STAGE, explain, overlay
+    from .explain import DEFAULT_METHOD, DEFAULT_STAGE, explain, method_name, overlay
     from .plots import save_figure
 
     probs = np.stack([softmax(row, temperature) for row in logits]) if len(logits) else np.zeros((0, 1))
@@ -173,7 +169,7 @@ def write_gallery(model, variables, images, labels, logits, class_names, tempera
         photo_ax.set_title(f"#{index} true {class_names[labels[index]]}", fontsize=8)
         map_ax.set_title(f"pred {class_names[p]} ({probs[index, p]:.2f})", fontsize=8)
     shown = f"{len(wrong)} of {int((predicted != labels).sum())}" if len(wrong) else "none"
-    heading = f"misclassified test images ({shown}); heatmap: {method_label(DEFAULT_METHOD, DEFAULT_STAGE)}"
+    heading = f"misclassified test images ({shown}); heatmap: {method_name(DEFAULT_METHOD, DEFAULT_STAGE)}"
     fig.suptitle(heading, fontsize=10)
     fig.tight_layout()
     try:
