@@ -31,7 +31,7 @@ from .models import ConvBlock, IdentityBlock, block_name
 
 METHODS = ("gradcam", "integrated_gradients", "smoothgrad")
 STAGES = (3, 4, 5)  # Keras stage numbers whose last block's output Grad-CAM can use
-DEFAULT_METHOD = "gradcam"
+DEFAULT_METHOD = "integrated_gradients"
 DEFAULT_STAGE = 4
 IG_STEPS = 32
 SMOOTHGRAD_SAMPLES = 32
