@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--confusion-png is",
     )
     p.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    p.add_argument(
+        "--gallery",
+        metavar="PNG",
+        help="also draw the misclassified test images, most confident first, with their true and predicted "
+        "class, the confidence and a heatmap of what the prediction rests on (docs/explain.md); replaced "
+        "only as --confusion-png is",
+    )
     return p
 
 
@@ -134,6 +141,8 @@ def run(args) -> int:
         check_write_target(args.reliability_png, "--reliability-png", "png")
     reliability_png = Path(args.reliability_png) if args.reliability_png else png.parent / "reliability.png"
     check_write_target(reliability_png, "--reliability-png", "png")
+    if args.gallery:
+        check_write_target(args.gallery, "--gallery", "png")
     model = weights.model
     data_dir = _data_dir(args.data_dir, weights.run_dir)
     test_fraction, seed, split_file = _run_split(weights.run_dir, data_dir, bool(args.data_dir))
@@ -192,6 +201,21 @@ def run(args) -> int:
         )
     except OSError as err:
         raise UserError(f"{reliability_png}: cannot write the reliability diagram ({err.strerror or err})") from None
+    if args.gallery:
+        from .explain_pictures import write_gallery
+
+        result["gallery_png"] = str(
+            write_gallery(
+                model,
+                weights.variables,
+                dataset.test.images,
+                labels,
+                logits,
+                weights.class_names,
+                weights.temperature,
+                args.gallery,
+            )
+        )
     if args.json:
         print(json.dumps(result))
         return 0
@@ -218,6 +242,8 @@ def run(args) -> int:
         f"{c['nll_after']:.4f} after"
     )
     print(f"\nconfusion matrix picture: {result['confusion_png']}\nreliability diagram: {result['reliability_png']}")
+    if args.gallery:
+        print(f"misclassified images: {result['gallery_png']}")
     return 0
 
 

@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=32,
         help=f"images per forward pass, 1..{MAX_BATCH_SIZE} (default: %(default)s)",
     )
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="also write one picture per image to DIR (made if missing): the photo, a heatmap of what the "
+        "prediction rests on (docs/explain.md) and the predicted class with its probability; maps of the "
+        "weights as stored (not --adapt's)",
+    )
     return p
 
 
@@ -259,6 +266,10 @@ def validate_args(args) -> None:
         raise UserError(f"--threshold {args.threshold}: must be a confidence between 0 and 1 (0: mark nothing)")
     if args.csv:
         check_write_target(args.csv, "--csv", "csv", inputs=args.inputs)
+    if args.explain:
+        from .explain_pictures import check_explain_dir
+
+        check_explain_dir(args.explain)
 
 
 def run(args) -> int:
@@ -356,6 +367,10 @@ def run(args) -> int:
                 )
     if csv_rows is not None:  # only a finished run replaces an existing CSV
         _write_csv(args.csv, csv_rows)
+    if args.explain:  # after the predictions: each map costs a backward pass
+        from .explain_pictures import write_explanations
+
+        write_explanations(weights, files, args.explain, args.interpolation, not args.ignore_exif)
     return 1 if failed else 0
 
 
