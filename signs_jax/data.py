@@ -539,10 +539,8 @@ def hold_out_validation(dataset: Dataset, fraction: float, seed: int, at_least_o
     """Move a stratified, seeded `fraction` of the training set into `validation`.
 
     `at_least_one`: every class with two or more images gives at least one (and keeps at least one). When
-    nothing is held out the dataset stays without validation. This is where training takes its data, so a training
-    set of one class is refused here (`check_trainable`).
+    nothing is held out the dataset stays without validation.
     """
-    check_trainable(dataset)
     if fraction <= 0:
         return dataset
     if not 0 < fraction < 1:

@@ -176,7 +176,7 @@ def _check_against_data(config: TrainConfig, dataset) -> None:
 
     from .data import check_trainable
 
-    check_trainable(dataset)  # image folders with their own validation folder skip the hold-out that checks it
+    check_trainable(dataset)
     height, width = dataset.image_shape[:2]
     if min(height, width) < configuration.MIN_IMAGE_SIDE:
         side = configuration.MIN_IMAGE_SIDE
