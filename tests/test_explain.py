@@ -85,6 +85,7 @@ def test_maps_repeat_for_a_seed(quadrant_model):
     assert np.array_equal(ig, explain.integrated_gradients(model, variables, x, c, steps=4))
 
 
+@pytest.mark.slow
 def test_grad_cam_at_stage_5_is_the_classifier_weights_times_the_activation():
     """At stage 5 the class score is fc(mean of the 2x2 activation), so its gradient there is the class's fc
     column / 4 at every position: Grad-CAM = ReLU(activation . column), computed here without autodiff."""

@@ -209,6 +209,7 @@ def test_a_whole_jpeg_and_a_grey_png_still_decode(tmp_path):
     assert decode_image(grey, (64, 64)).min() == 128
 
 
+@pytest.mark.slow
 def test_a_cut_short_jpeg_gets_no_class_in_predict(tmp_path):
     good, cut = tmp_path / "good.jpg", tmp_path / "cut.jpg"
     good.write_bytes(jpeg_bytes(1))
