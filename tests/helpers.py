@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -77,8 +78,13 @@ def json_lines(text):
 
 
 def train_process(args, env_extra=None, **popen):
-    """`python -m signs_jax.train ARGS` as a real process (for signals, kill -9 and several processes)."""
+    """`python -m signs_jax.train ARGS` as a real process (for signals, kill -9 and several processes).
+
+    SIGINT gets its default action back in the child: a suite started in the background by a
+    non-interactive shell inherits SIGINT ignored, and the Ctrl-C tests would then test nothing.
+    """
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), **(env_extra or {}))
+    popen.setdefault("preexec_fn", lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.Popen(
         [sys.executable, "-m", "signs_jax.train", *map(str, args)],
         cwd=ROOT,
