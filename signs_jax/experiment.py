@@ -74,8 +74,11 @@ def train_and_evaluate(
         raise UserError("multi-process training needs --run NAME so that every process writes the same run")
     place = RunDirectory(Path(workdir), run_name, primary=dp.is_primary)
     try:
-        job = dataclasses.replace(_setup(config, place, dp, resume), tensorboard=tensorboard)
-        return _train(job, progress, handle_signals)
+        # Installed before the set-up too: a Ctrl-C raised as KeyboardInterrupt at an arbitrary point can land in
+        # a callback that swallows it (JAX's garbage-collection hook); as a request it is acted on for sure.
+        with StopRequest(handle_signals) as stop:
+            job = dataclasses.replace(_setup(config, place, dp, resume), tensorboard=tensorboard)
+            return _train(job, progress, stop)
     except NothingToDo as done:
         print(done)
         return _stored_result(place.path)
@@ -694,8 +697,10 @@ def _final_metrics(record: Dict[str, Any]) -> Dict[str, Any]:
     return {key: record[key] for key in TEST_KEYS if key in record}
 
 
-def _train(job: _Job, show_bar: bool, handle_signals: bool) -> TrainResult:
+def _train(job: _Job, show_bar: bool, stop: "StopRequest") -> TrainResult:
     progress = _start(job)
+    if stop.signal is not None:  # stopped during the set-up: nothing trained, nothing to save
+        raise KeyboardInterrupt
     dataset, recipe, dp = job.dataset, job.recipe, job.dp
     job.say(
         f"run {job.run_dir}: {dataset.source}, {len(dataset.train.labels)} train / "
@@ -706,13 +711,12 @@ def _train(job: _Job, show_bar: bool, handle_signals: bool) -> TrainResult:
     )
     if job.config.run.init_from and not job.ckpts.steps():
         _score_start(job, progress)
-    with StopRequest(handle_signals) as stop:
-        while progress.epoch < recipe.epochs:
-            t0 = time.perf_counter()
-            if not _train_epoch(job, progress, stop, t0, show_bar):
-                last = progress.history[-1] if progress.history else {}
-                return TrainResult(job.run_dir, job.config, progress.history, _final_metrics(last), finished=False)
-            _end_epoch(job, progress, t0, train_seconds=time.perf_counter() - t0)
+    while progress.epoch < recipe.epochs:
+        t0 = time.perf_counter()
+        if not _train_epoch(job, progress, stop, t0, show_bar):
+            last = progress.history[-1] if progress.history else {}
+            return TrainResult(job.run_dir, job.config, progress.history, _final_metrics(last), finished=False)
+        _end_epoch(job, progress, t0, train_seconds=time.perf_counter() - t0)
     kept_step = job.ckpts.manager.best_step()
     job.ckpts.close()
     if job.config.run.init_from:

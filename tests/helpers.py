@@ -80,11 +80,13 @@ def json_lines(text):
 def train_process(args, env_extra=None, **popen):
     """`python -m signs_jax.train ARGS` as a real process (for signals, kill -9 and several processes).
 
-    SIGINT gets its default action back in the child: a suite started in the background by a
-    non-interactive shell inherits SIGINT ignored, and the Ctrl-C tests would then test nothing.
+    A suite started in the background by a non-interactive shell inherits SIGINT ignored, and so would
+    the child, and the Ctrl-C tests would test nothing: this process handles SIGINT again first (an
+    exec resets a handled signal to its default action; it keeps an ignored one ignored).
     """
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), **(env_extra or {}))
-    popen.setdefault("preexec_fn", lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return subprocess.Popen(
         [sys.executable, "-m", "signs_jax.train", *map(str, args)],
         cwd=ROOT,

@@ -380,7 +380,8 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1, err
     assert err[0].startswith(f"error: {small_disk / 'r' / 'ckpt'}/") and "No space left on device" in err[0]
-    assert "the checkpoint of step 10 is kept" in err[0]
     run = small_disk / "r"
-    assert checkpoint_steps(run) == [10] and restore_variables(run)[2] == 10
+    kept = checkpoint_steps(run)  # how many fit depends on the files' sizes: one or two of the three
+    assert kept in ([10], [10, 20]) and f"the checkpoint of step {kept[-1]} is kept" in err[0]
+    assert restore_variables(run)[2] in kept
     assert not list((run / "ckpt").glob("*.orbax-checkpoint-tmp*"))  # the unfinished save is cleared away
