@@ -10,6 +10,7 @@ command-line tool (`python -m signs_jax.train`) adds those around this function.
 
 import dataclasses
 import functools
+import json
 import signal
 import sys
 import time
@@ -473,8 +474,6 @@ def _log_augmented_sample(job: _Job, writer, count: int = 16) -> None:
 
 
 def _json_line(record: Dict[str, Any]) -> str:
-    import json
-
     return json.dumps(record) + "\n"
 
 
@@ -737,7 +736,8 @@ def _stored_result(run_dir: Path) -> TrainResult:
 
     from .checkpoints import read_train_config
 
-    rows = list(csv.DictReader(open(run_dir / RESULT_FILE))) if (run_dir / RESULT_FILE).exists() else []
+    path = run_dir / RESULT_FILE
+    rows = list(csv.DictReader(path.read_text().splitlines())) if path.exists() else []
     final = {k: float(v) for k, v in (rows[0] if rows else {}).items() if k in TEST_KEYS and v not in ("", None)}
     return TrainResult(run_dir, read_train_config(run_dir), read_jsonl(run_dir / METRICS_FILE), final)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
 from .errors import UserError
-from .framing import check_fit, render_pixels
+from .framing import DEFAULT_FIT, check_fit, render_pixels
 
 INTERPOLATIONS = ("area", "box", "nearest", "bilinear", "bicubic", "lanczos")
 DEFAULT_INTERPOLATION = "lanczos"
@@ -78,7 +78,7 @@ def load_image(
     interpolation: str = DEFAULT_INTERPOLATION,
     exif: bool = True,
     draft: bool = True,
-    fit: str = "squash",
+    fit: str = DEFAULT_FIT,
     views=None,
 ) -> "np.ndarray":  # noqa: F821
     """`path` as float32 (H, W, 3) in [0, 1] at `size` = (height, width); ImageError if unusable.
@@ -97,7 +97,7 @@ def decode_image(
     interpolation: str = DEFAULT_INTERPOLATION,
     exif: bool = True,
     draft: bool = True,
-    fit: str = "squash",
+    fit: str = DEFAULT_FIT,
     views=None,
 ) -> "np.ndarray":  # noqa: F821
     """`path` as uint8 RGB (H, W, 3) at `size` = (height, width), or as it is (after EXIF rotation) for

@@ -134,7 +134,8 @@ def _run(r: SweepRun, directory: Path, progress: bool) -> Optional[str]:
     command += [] if progress else ["--no-progress"]
     print(f"{r.name}: {'resuming' if resume else 'starting'}", flush=True)
     done = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    (directory / f"{r.name}.log").open("a").write(done.stdout)
+    with open(directory / f"{r.name}.log", "a") as log:
+        log.write(done.stdout)
     if done.returncode != 0:
         last = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
         return f"{r.name}: exit {done.returncode}: {last}"
@@ -203,10 +204,15 @@ def _cell(entry, metric) -> str:
     return f"{mean:.4f} ± {std:.4f} [{low:.4f}, {high:.4f}]"
 
 
+def _setting_keys(entry) -> List[str]:
+    """The grid keys of a table row (what is neither the seed count nor a metric's statistic)."""
+    return [k for k in entry if k != "n" and not any(k.startswith(m + "_") for m in METRICS)]
+
+
 def markdown(table) -> str:
     """The table as Markdown: mean ± standard deviation [95 % interval] per metric, a row per setting."""
     metrics = [m for m in METRICS if any(f"{m}_mean" in e for e in table)]
-    keys = [k for k in table[0] if k != "n" and not any(k.startswith(m + "_") for m in METRICS)] if table else []
+    keys = _setting_keys(table[0]) if table else []
     lines = ["| " + " | ".join(keys + ["n"] + metrics) + " |", "|" + " --- |" * (len(keys) + 1 + len(metrics))]
     for e in table:
         cells = [str(e[k]) for k in keys] + [str(e["n"])] + [_cell(e, m) for m in metrics]
@@ -226,7 +232,7 @@ def plot_settings(table, path: Path, metric: str = "test_accuracy") -> Optional[
 
     from .plots import save_figure
 
-    keys = [k for k in entries[0] if k != "n" and not any(k.startswith(m + "_") for m in METRICS)]
+    keys = _setting_keys(entries[0])
     labels = [", ".join(f"{k}={e[k]}" for k in keys) or "base" for e in entries]
     means = [e[f"{metric}_mean"] for e in entries]
     errors = [
