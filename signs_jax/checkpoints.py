@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from .errors import MachineError, UserError
+from .errors import SaveFailed, UserError
 from .models import ResNet50, abstract_variables
 from .steps import create_state
 
@@ -216,11 +216,14 @@ class RunCheckpoints:
                 raise
             for unfinished in self.directory.glob(f"{step}.orbax-checkpoint-tmp*"):
                 shutil.rmtree(unfinished, ignore_errors=True)
-            saved = self.manager.all_steps()
-            kept = f"the checkpoint of step {max(saved)} is kept" if saved else "no checkpoint had been saved yet"
-            raise MachineError(
-                f"{self.directory / str(step)}: cannot save the checkpoint ({os.strerror(code)}); {kept}"
+            raise SaveFailed(
+                f"{self.directory / str(step)}: cannot save the checkpoint ({os.strerror(code)}); {self.kept()}"
             ) from None
+
+    def kept(self) -> str:
+        """Which checkpoint a run stopped by a failure leaves, for its error line."""
+        saved = self.manager.all_steps()
+        return f"the checkpoint of step {max(saved)} is kept" if saved else "no checkpoint had been saved yet"
 
     def stored_shapes(self, step: int, item: str = "variables") -> Dict[str, Tuple[int, ...]]:
         """{"params/conv1/kernel": shape, ...} of an item as stored at `step`, read from orbax's metadata

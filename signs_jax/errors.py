@@ -20,6 +20,26 @@ class MachineError(UserError):
     exit_status = 1
 
 
+class SaveFailed(MachineError):
+    """A checkpoint could not be saved; the message already says which one is kept."""
+
+
+def write_error(path, err: OSError) -> UserError:
+    """A failed write of `path` as one line naming `path` (a writer's OSError often names no file, or a temporary
+    one): a MachineError for a full disk or another failure of the machine, a UserError otherwise."""
+    kind = MachineError if err.errno in ENVIRONMENT_ERRNOS else UserError
+    return kind(f"{path}: cannot write ({err.strerror or err})")
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Any OSError in the block becomes `write_error(path, ...)`."""
+    try:
+        yield
+    except OSError as err:
+        raise write_error(path, err) from None
+
+
 def _one_line(message, category, filename, lineno, line=None) -> str:
     text = " ".join(str(message).split("\n"))
     if issubclass(category, UserWarning) and category.__module__.startswith(("builtins", __package__)):

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional
 from . import cli
 from . import config as configuration
 from .config import TrainConfig
-from .errors import UserError
+from .errors import ENVIRONMENT_ERRNOS, MachineError, SaveFailed, UserError, write_error
 from .recipes import Recipe
 from .rundir import RunDirectory, append_jsonl, find_run, read_jsonl
 
@@ -79,7 +79,16 @@ def train_and_evaluate(
         # a callback that swallows it (JAX's garbage-collection hook); as a request it is acted on for sure.
         with StopRequest(handle_signals) as stop:
             job = dataclasses.replace(_setup(config, place, dp, resume), tensorboard=tensorboard)
-            return _train(job, progress, stop)
+            try:
+                return _train(job, progress, stop)
+            except SaveFailed:
+                raise
+            except MachineError as err:  # a full disk while writing metrics, plots or results
+                raise MachineError(f"{err}; {job.ckpts.kept()}") from None
+            except OSError as err:
+                if err.errno not in ENVIRONMENT_ERRNOS:
+                    raise
+                raise MachineError(f"{write_error(err.filename or place.path, err)}; {job.ckpts.kept()}") from None
     except NothingToDo as done:
         print(done)
         return _stored_result(place.path)

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from .errors import UserError
+from .errors import UserError, write_error, writing
 from .images import IMAGE_SUFFIXES
 
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\0", b"MM\0*", b"RIFF")
@@ -121,13 +121,14 @@ def atomic_path(path, suffix: Optional[str] = None) -> Iterator[Path]:
         suffix = ".tmp" + (suffix if suffix is not None else path.suffix)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=folder)
     except OSError as err:
-        raise UserError(f"{path}: cannot write ({err.strerror or err})") from None
+        raise write_error(path, err) from None
     os.close(fd)
     tmp = Path(tmp)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
-        yield tmp
-        os.replace(tmp, path)
+        with writing(path):
+            os.chmod(tmp, 0o666 & ~_umask())
+            yield tmp
+            os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .errors import UserError
+from .errors import UserError, writing
 
 
 def find_run(workdir: Path, run_name: Optional[str]) -> Path:
@@ -120,7 +120,7 @@ class RunDirectory:
 
 def append_jsonl(path: Path, record: Dict[str, Any]) -> None:
     """One record per line, written in one call: a crash leaves at most a cut last line, which readers skip."""
-    with open(path, "a") as f:
+    with writing(path), open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 

@@ -4,6 +4,7 @@ step falls back to the newest good one in one line, and a full disk or an odd wo
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -372,16 +373,64 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(small_signs, small_disk, capfd):
+def test_a_full_disk_during_a_run_is_one_line_and_keeps_the_previous_checkpoint(small_signs, small_disk, capfd):
     from signs_jax.checkpoints import checkpoint_steps, restore_variables
 
     capfd.readouterr()
     code = run_train("--data-dir", small_signs, "--workdir", small_disk, "--run", "r", "--epochs", 3, *TINY)
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1, err
-    assert err[0].startswith(f"error: {small_disk / 'r' / 'ckpt'}/") and "No space left on device" in err[0]
+    # which file meets the full disk (a checkpoint, the metrics, the curves) depends on the file system's sizes
+    assert err[0].startswith(f"error: {small_disk / 'r'}/") and "(No space left on device); " in err[0]
     run = small_disk / "r"
     kept = checkpoint_steps(run)  # how many fit depends on the files' sizes: one or two of the three
     assert kept in ([10], [10, 20]) and f"the checkpoint of step {kept[-1]} is kept" in err[0]
     assert restore_variables(run)[2] in kept
     assert not list((run / "ckpt").glob("*.orbax-checkpoint-tmp*"))  # the unfinished save is cleared away
+
+
+def test_a_metrics_line_that_hits_a_full_disk_names_its_file():
+    """A full disk while writing a run's files (not only its checkpoints) is one line naming the file."""
+    from signs_jax.errors import MachineError
+    from signs_jax.rundir import append_jsonl
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    with pytest.raises(MachineError, match=r"^/dev/full: cannot write \(No space left on device\)$"):
+        append_jsonl(Path("/dev/full"), {"epoch": 1})
+
+
+def test_a_whole_file_write_that_hits_a_full_disk_names_the_file_not_its_temporary(tmp_path):
+    from signs_jax.errors import MachineError
+    from signs_jax.files import atomic_path
+
+    target = tmp_path / "curves.png"
+    with pytest.raises(MachineError, match=rf"^{re.escape(str(target))}: cannot write \(No space left on device\)$"):
+        with atomic_path(target):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what a writer such as matplotlib raises
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_recording_an_epoch_says_which_checkpoint_is_kept(small_signs, tmp_path, monkeypatch, capfd):
+    import signs_jax.experiment as experiment
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+
+    calls = []
+
+    def full_on_the_second(path, record):
+        calls.append(record)
+        if len(calls) == 2:  # the disk is full from the second epoch's record on
+            path.unlink()
+            path.symlink_to("/dev/full")
+        original(path, record)
+
+    original = experiment.append_jsonl
+    monkeypatch.setattr(experiment, "append_jsonl", full_on_the_second)
+    capfd.readouterr()
+    code = run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "r", "--epochs", 3, *TINY)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    assert err[0] == f"error: {metrics}: cannot write (No space left on device); the checkpoint of step 10 is kept"
