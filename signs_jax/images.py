@@ -18,6 +18,7 @@ from typing import Iterable, List, Optional, Tuple
 
 from .errors import UserError
 from .framing import DEFAULT_FIT, check_fit, render_pixels
+from .jpeg_scans import missing_refinement
 
 INTERPOLATIONS = ("area", "box", "nearest", "bilinear", "bicubic", "lanczos")
 DEFAULT_INTERPOLATION = "lanczos"
@@ -149,6 +150,10 @@ def decode_image(
                         f"{path}: a JPEG cut short or damaged (it ends in the flat grey libjpeg fills in for "
                         "missing data)"
                     )
+                if img.format == "JPEG" and img.info.get("progressive"):
+                    unfinished = missing_refinement(path.read_bytes())
+                    if unfinished:
+                        raise ImageError(f"{path}: a progressive JPEG cut short or damaged ({unfinished})")
                 if exif:
                     img = ImageOps.exif_transpose(img)
                 img = to_rgb(img)

@@ -177,12 +177,49 @@ def test_image_folders_of_one_class_are_refused(tmp_path, capsys):
     assert "only one class" in line and "a" in line
 
 
-def jpeg_bytes(seed=0) -> bytes:
+def jpeg_bytes(seed=0, **save) -> bytes:
     import io
 
     out = io.BytesIO()
-    Image.fromarray(photo_array(seed)).save(out, "JPEG", quality=90)
+    Image.fromarray(photo_array(seed)).save(out, "JPEG", quality=90, **save)
     return out.getvalue()
+
+
+def scan_starts(data: bytes):
+    """Where each scan (SOS marker) of a JPEG begins."""
+    return [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
+
+
+@pytest.mark.parametrize("scans_kept", [1, 3, 6])
+def test_a_progressive_jpeg_cut_between_scans_and_closed_is_refused(tmp_path, scans_kept):
+    """A progressive JPEG cut short decodes whole but blurred or colourless (the later scans refine what the
+    first ones drew), with no grey to give it away: the scans that are there must cover every coefficient."""
+    data = jpeg_bytes(progressive=True)
+    starts = scan_starts(data)
+    assert len(starts) > scans_kept
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: starts[scans_kept]] + b"\xff\xd9")
+    with pytest.raises(ImageError, match=f"^{path}: a progressive JPEG cut short"):
+        decode_image(path, (32, 32))
+
+
+def test_a_progressive_jpeg_cut_inside_a_scan_and_closed_is_refused(tmp_path):
+    data = jpeg_bytes(progressive=True)
+    starts = scan_starts(data)
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: (starts[2] + starts[3]) // 2] + b"\xff\xd9")
+    with pytest.raises(ImageError, match=f"^{path}: a progressive JPEG cut short"):
+        decode_image(path, (32, 32))
+
+
+def test_whole_progressive_and_optimised_jpegs_still_decode(tmp_path):
+    for name, save in {"progressive": {"progressive": True}, "optimised": {"optimize": True}}.items():
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(jpeg_bytes(**save))
+        assert decode_image(path, (32, 32)).shape == (32, 32, 3)
+    grey = tmp_path / "grey.jpg"
+    Image.new("L", (40, 30), 77).save(grey, "JPEG", progressive=True)
+    assert decode_image(grey, (32, 32)).shape == (32, 32, 3)
 
 
 @pytest.mark.parametrize(
