@@ -5,8 +5,8 @@ The rule every tool follows for a path it writes (`check_write_target`), before 
 - it is not one of the tool's inputs (the same file under any spelling or through a symlink);
 - it is not a directory, and its folder exists and is writable;
 - an existing file there is replaced only when it is of the kind the tool writes (a text file for
-  a CSV, an HDF5 file for an export, a matplotlib PNG for a picture): a photo given where a result
-  file was meant is never overwritten.
+  a CSV, an HDF5 file for an export, a matplotlib PNG for a picture, any file but an image for an
+  ONNX or StableHLO export): a photo given where a result file was meant is never overwritten.
 
 The file is then written to a temporary file in the same folder and renamed over the target
 (`atomic_write`, `atomic_path`), so a crash leaves the old file or the new one, never half of one.
@@ -64,6 +64,8 @@ KINDS = {
     "csv": ("the CSV file", "a text file", _is_text),
     "h5": ("the HDF5 file", "an HDF5 file", lambda head: head.startswith(_HDF5_MAGIC)),
     "png": ("the picture", "a picture made by matplotlib", _is_matplotlib_png),
+    # ONNX and serialized StableHLO have no fixed first bytes; the export tool asks for --force besides.
+    "export": ("the exported model", "a file other than an image", lambda head: True),
 }
 
 

@@ -109,7 +109,7 @@ class ResNet(nn.Module):
                     x = ConvBlock(tuple(filters), conv, norm, strides, self.kernel_size, name=name)(x)
                 else:
                     x = IdentityBlock(tuple(filters), conv, norm, self.kernel_size, name=name)(x)
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2), padding="VALID")
         x = x.reshape((x.shape[0], -1))
         x = Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="fc")(x)
         return x.astype(jnp.float32)
