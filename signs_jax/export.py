@@ -74,21 +74,25 @@ def export_stablehlo(weights, path):
 def export_onnx(weights, path):
     """Write a self-contained ONNX model (jax2onnx) with a dynamic batch axis, input `images`, output
     `probabilities`; the class names and the source of the weights go into its metadata."""
+    import contextlib
+    import io
     import json
     import logging
 
     onnx, to_onnx = _onnx_modules()
     from .files import atomic_path
 
-    # onnx_ir warns about every shape constant whose type it leaves unset: noise to the user.
+    # onnx_ir warns about every shape constant whose type it leaves unset, and jax2onnx 0.13 prints debugging
+    # lines while converting: noise to the user, whose stdout may be a pipe reading our own output.
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)
-    proto = to_onnx(
-        inference_function(weights),
-        [input_shape(weights, "N")],
-        model_name="signs_jax",
-        input_names=[ONNX_INPUT],
-        output_names=[ONNX_OUTPUT],
-    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        proto = to_onnx(
+            inference_function(weights),
+            [input_shape(weights, "N")],
+            model_name="signs_jax",
+            input_names=[ONNX_INPUT],
+            output_names=[ONNX_OUTPUT],
+        )
     for key, value in (("class_names", json.dumps(list(weights.class_names))), ("weights", weights.source)):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -108,8 +112,13 @@ EXPORTERS = {"onnx": export_onnx, "stablehlo": export_stablehlo, "keras": export
 
 
 def _onnx_modules():
+    import logging
+
     from .errors import UserError
 
+    # jax2onnx logs a warning with a traceback for each optional plugin that does not import under this JAX
+    # (dm-pix's, which the model does not use): noise that would bury the one line a user needs.
+    logging.getLogger("jax2onnx").setLevel(logging.ERROR)
     try:
         import onnx
         from jax2onnx import to_onnx

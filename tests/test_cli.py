@@ -10,6 +10,7 @@ TOOLS = {
     "signs-predict": "signs_jax.predict",
     "signs-evaluate": "signs_jax.evaluate",
     "signs-keras-h5": "signs_jax.keras_h5",
+    "signs-export": "signs_jax.export",
 }
 
 
