@@ -198,6 +198,40 @@ def _decoded_batches(
         yield paths, pending
 
 
+def prediction_record(path, logits, weights, threshold: float = DEFAULT_THRESHOLD, top_k: int = 1) -> dict:
+    """What `--json` prints for one image (and the table and the CSV show): path, class, confidence (with the
+    weights' temperature), uncertain (raw_confidence below `threshold`), raw_confidence, probabilities, and
+    top_k ([class, probability] pairs, best first) when `top_k` > 1. `logits`: (classes,), or (views, classes)
+    with `--tta`, whose raw_confidence is the max of the views' mean uncalibrated probabilities."""
+    from .calibration import uncertainty_score
+
+    names = weights.class_names
+    probs = probabilities(logits, weights.temperature)
+    order = probs.argsort()[::-1]
+    raw_confidence = float(uncertainty_score(logits) if logits.ndim == 1 else probabilities(logits).max())
+    record = {
+        "path": str(path),
+        "class": names[order[0]],
+        "confidence": float(probs[order[0]]),
+        "uncertain": raw_confidence < threshold,
+        "raw_confidence": raw_confidence,
+        "probabilities": [float(p) for p in probs],
+    }
+    if top_k > 1:
+        record["top_k"] = [[names[i], float(probs[i])] for i in order[: min(top_k, len(names))]]
+    return record
+
+
+def check_threshold(threshold: float) -> None:
+    """--threshold: a confidence in [0, 1] (0 marks nothing), else one line."""
+    import math
+
+    from .errors import UserError
+
+    if not (math.isfinite(threshold) and 0 <= threshold <= 1):
+        raise UserError(f"--threshold {threshold}: must be a confidence between 0 and 1 (0: mark nothing)")
+
+
 def load_images(
     files,
     size,
@@ -251,7 +285,6 @@ def main(argv=None) -> int:
 
 def validate_args(args) -> None:
     """The flags, and the CSV target against the inputs, before anything is read or written: one line."""
-    import math
 
     from .errors import UserError
     from .files import check_write_target
@@ -262,8 +295,7 @@ def validate_args(args) -> None:
         raise UserError(f"--batch-size {args.batch_size}: must be between 1 and {MAX_BATCH_SIZE}")
     if args.fit not in FITS:
         raise UserError(f"--fit {args.fit}: must be one of {', '.join(FITS)}")
-    if not (math.isfinite(args.threshold) and 0 <= args.threshold <= 1):
-        raise UserError(f"--threshold {args.threshold}: must be a confidence between 0 and 1 (0: mark nothing)")
+    check_threshold(args.threshold)
     if args.csv:
         check_write_target(args.csv, "--csv", "csv", inputs=args.inputs)
     if args.explain:
@@ -275,7 +307,6 @@ def validate_args(args) -> None:
 def run(args) -> int:
     import logging
 
-    from .calibration import uncertainty_score
     from .images import expand_inputs
     from .weights import load_weights
 
@@ -327,42 +358,27 @@ def run(args) -> int:
                 + ("  top-k" if k > 1 else "")
             )
         for path, logits in results:
-            probs = probabilities(logits, weights.temperature)
-            order = probs.argsort()[::-1]
-            best, confidence = names[order[0]], float(probs[order[0]])
-            # With --tta: the max of the views' mean uncalibrated probabilities, which --threshold is applied to.
-            raw_confidence = float(uncertainty_score(logits) if views is None else probabilities(logits).max())
-            uncertain = raw_confidence < args.threshold
+            record = prediction_record(path, logits, weights, args.threshold, k)
             if args.json:
-                record = {
-                    "path": str(path),
-                    "class": best,
-                    "confidence": confidence,
-                    "uncertain": uncertain,
-                    "raw_confidence": raw_confidence,
-                    "probabilities": [float(p) for p in probs],
-                }
-                if k > 1:
-                    record["top_k"] = [[names[i], float(probs[i])] for i in order[:k]]
                 print(json.dumps(record), flush=True)
             else:
-                top = "  " + ", ".join(f"{names[i]}:{probs[i]:.3f}" for i in order[:k]) if k > 1 else ""
-                cells = " ".join(f"{p:{max(7, len(n) + 3)}.4f}" for n, p in zip(names, probs))
-                shown = best + ("?" if uncertain else "")
+                top = "  " + ", ".join(f"{n}:{p:.3f}" for n, p in record["top_k"]) if k > 1 else ""
+                cells = " ".join(f"{p:{max(7, len(n) + 3)}.4f}" for n, p in zip(names, record["probabilities"]))
+                shown = record["class"] + ("?" if record["uncertain"] else "")
                 bar.write(
-                    f"{str(path):{path_width}s} {shown:>{width}s} {confidence:6.3f} {raw_confidence:6.3f} "
-                    f"{'yes' if uncertain else 'no':>9s}  {cells}{top}",
+                    f"{str(path):{path_width}s} {shown:>{width}s} {record['confidence']:6.3f} "
+                    f"{record['raw_confidence']:6.3f} {'yes' if record['uncertain'] else 'no':>9s}  {cells}{top}",
                     file=sys.stdout,
                 )
             if csv_rows is not None:
                 csv_rows.append(
                     [
-                        str(path),
-                        best,
-                        f"{confidence:.6f}",
-                        *[f"{p:.6f}" for p in probs],
-                        "yes" if uncertain else "no",
-                        f"{raw_confidence:.6f}",
+                        record["path"],
+                        record["class"],
+                        f"{record['confidence']:.6f}",
+                        *[f"{p:.6f}" for p in record["probabilities"]],
+                        "yes" if record["uncertain"] else "no",
+                        f"{record['raw_confidence']:.6f}",
                     ]
                 )
     if csv_rows is not None:  # only a finished run replaces an existing CSV
