@@ -6,7 +6,7 @@ atomically.
 """
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -59,22 +59,18 @@ def write_explanations(weights, files, directory, interpolation: str, exif: bool
     its probability (with the weights' calibration temperature). Unreadable photos are skipped (predict has
     reported them already). Returns the pictures written."""
     from .calibration import softmax
-    from .explain import DEFAULT_METHOD, DEFAULT_STAGE, explain
-    from .predict import _decoded_batches, compiled_forward
+    from .predict import _decoded_batches
 
     directory = check_explain_dir(directory)
     targets = explain_targets(directory, files)  # every name checked before the first is written
     directory.mkdir(exist_ok=True)
-    model = weights.model
-    size = tuple(model.input_shape[:2])
-    forward = compiled_forward(model)
+    size = tuple(weights.model.input_shape[:2])
     written = []
     for paths, images in _decoded_batches(files, size, interpolation, exif, EXPLAIN_BATCH):
         x = np.zeros((EXPLAIN_BATCH, *size, 3), np.float32)
         x[: len(images)] = np.stack(images)
-        logits = np.asarray(forward(weights.variables, x))
+        maps, logits = explanation_maps(weights, x)
         predicted = logits.argmax(1)
-        maps = explain(model, weights.variables, x, predicted, DEFAULT_METHOD, DEFAULT_STAGE)
         for i, path in enumerate(paths):
             probs = softmax(logits[i], weights.temperature)
             title = (
@@ -84,7 +80,7 @@ def write_explanations(weights, files, directory, interpolation: str, exif: bool
     return written
 
 
-def _display_photo(path, exif: bool):
+def display_photo(path, exif: bool = True):
     """The photo as drawn: its own aspect ratio (the map, made on the squeezed model input, stretches back with
     it), longest side DISPLAY_SIDE."""
     from PIL import Image
@@ -104,20 +100,39 @@ def _resized_map(heatmap, shape):
     return np.asarray(Image.fromarray(np.asarray(heatmap, np.float32), "F").resize(shape[1::-1], Image.BILINEAR))
 
 
+def overlaid_photo(photo, heatmap) -> np.ndarray:
+    """The heatmap (made on the model input) stretched over the photo as drawn (`display_photo`) in jet colours:
+    (H, W, 3) in [0, 1], the right half of an explanation picture."""
+    from .explain import overlay
+
+    return overlay(photo, _resized_map(heatmap, photo.shape))
+
+
+def explanation_maps(weights, images) -> Tuple[np.ndarray, np.ndarray]:
+    """(maps (N, H, W), logits (N, classes)) of images (N, H, W, 3) in [0, 1]: the default method's map of the
+    class the model predicts for each."""
+    from .explain import DEFAULT_METHOD, DEFAULT_STAGE, explain
+    from .predict import compiled_forward
+
+    x = np.asarray(images, np.float32)
+    logits = np.asarray(compiled_forward(weights.model)(weights.variables, x))
+    return explain(weights.model, weights.variables, x, logits.argmax(1), DEFAULT_METHOD, DEFAULT_STAGE), logits
+
+
 def _explanation_picture(path, heatmap, title: str, target: Path, exif: bool) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .explain import DEFAULT_METHOD, DEFAULT_STAGE, method_name, overlay
+    from .explain import DEFAULT_METHOD, DEFAULT_STAGE, method_name
     from .plots import save_figure
 
-    photo = _display_photo(path, exif)
+    photo = display_photo(path, exif)
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 4.4))
     left.imshow(photo)
     left.set_title("photo")
-    right.imshow(overlay(photo, _resized_map(heatmap, photo.shape)))
+    right.imshow(overlaid_photo(photo, heatmap))
     right.set_title(method_name(DEFAULT_METHOD, DEFAULT_STAGE))
     for ax in (left, right):
         ax.axis("off")
