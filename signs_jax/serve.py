@@ -82,7 +82,7 @@ def check_serve_extra() -> None:
     from .errors import UserError
 
     try:
-        import multipart  # noqa: F401
+        import python_multipart  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError:
@@ -103,12 +103,14 @@ def run(args) -> int:
 
     from .serve_app import Predictor, create_app
 
-    predictor = Predictor(weights, args.threshold, round(args.max_upload_mb * 2**20))
+    predictor = Predictor(weights, args.threshold)
     try:
         port = sock.getsockname()[1]
         shown_host = f"[{args.host}]" if ":" in args.host else args.host
         print(f"serving {weights.source} on http://{shown_host}:{port}/ (Ctrl-C stops)", flush=True)
-        server = uvicorn.Server(uvicorn.Config(create_app(predictor), log_level="warning"))
+        server = uvicorn.Server(
+            uvicorn.Config(create_app(predictor, round(args.max_upload_mb * 2**20)), log_level="warning")
+        )
         server.run(sockets=[sock])
     finally:
         predictor.close()

@@ -45,10 +45,9 @@ class RequestError(Exception):
 class Predictor:
     """The weights, compiled once at start, and what the routes ask of them."""
 
-    def __init__(self, weights, threshold: float, max_upload_bytes: int, batch_size: int = SERVE_BATCH):
+    def __init__(self, weights, threshold: float, batch_size: int = SERVE_BATCH):
         self.weights = weights
         self.threshold = threshold
-        self.max_upload_bytes = max_upload_bytes
         self.size = tuple(weights.model.input_shape[:2])
         forward = compiled_forward(weights.model)
         self.queue = BatchQueue(lambda x: forward(weights.variables, x), batch_size, (*self.size, 3))
@@ -148,7 +147,8 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:g} MiB"
 
 
-def create_app(predictor: Predictor) -> Starlette:
+def create_app(predictor: Predictor, max_upload_bytes: int) -> Starlette:
+    """The routes over `predictor`; uploads over `max_upload_bytes` are refused."""
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
 
     async def index(request):
@@ -159,11 +159,11 @@ def create_app(predictor: Predictor) -> Starlette:
         return JSONResponse({"status": "ok", "weights": predictor.weights.source, "classes": names})
 
     async def predict(request):
-        name, data = await read_upload(request, predictor.max_upload_bytes)
+        name, data = await read_upload(request, max_upload_bytes)
         return JSONResponse(await predictor.record(name=name, data=data))
 
     async def explain(request):
-        name, data = await read_upload(request, predictor.max_upload_bytes)
+        name, data = await read_upload(request, max_upload_bytes)
         png = await run_in_threadpool(predictor.explanation_png, data, name)
         return Response(png, media_type="image/png", headers={"X-Explain-Method": EXPLAIN_METHOD})
 
