@@ -7,6 +7,7 @@ explanations run in worker threads, off the event loop; forward passes run in on
 
 import asyncio
 import io
+import json
 import tempfile
 import threading
 from importlib import resources
@@ -160,7 +161,8 @@ def create_app(predictor: Predictor, max_upload_bytes: int) -> Starlette:
 
     async def predict(request):
         name, data = await read_upload(request, max_upload_bytes)
-        return JSONResponse(await predictor.record(name=name, data=data))
+        # json.dumps as predict --json writes it: the same text, not only the same values
+        return Response(json.dumps(await predictor.record(name=name, data=data)), media_type="application/json")
 
     async def explain(request):
         name, data = await read_upload(request, max_upload_bytes)

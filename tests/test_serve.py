@@ -88,6 +88,7 @@ def test_an_upload_answers_what_predict_json_prints(client, jpegs, expected):
     answer = post_file(client, jpegs[3])
     assert answer.status_code == 200
     assert answer.json() == expected[jpegs[3].name]
+    assert answer.text == json.dumps(expected[jpegs[3].name])  # the line predict --json prints
     raw = client.post(
         "/api/predict?filename=mine.jpg", content=jpegs[3].read_bytes(), headers={"content-type": "image/jpeg"}
     )
