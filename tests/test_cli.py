@@ -11,6 +11,7 @@ TOOLS = {
     "signs-evaluate": "signs_jax.evaluate",
     "signs-keras-h5": "signs_jax.keras_h5",
     "signs-export": "signs_jax.export",
+    "signs-serve": "signs_jax.serve",
 }
 
 
