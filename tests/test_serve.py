@@ -2,6 +2,8 @@
 requests without mixing them up; the page; the command line. All on the width-1/8 Keras fixture."""
 
 import asyncio
+import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -302,3 +304,83 @@ def test_the_server_process_answers_http(jpegs, expected):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _browser():
+    """Headless Chromium through its WebDriver (Debian's `chromium` and `chromium-driver`, which .ci/run
+    installs); skipped where they are missing, unless SIGNS_JAX_REQUIRE_BROWSER is set (CI sets it)."""
+    import shutil
+
+    browser, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+    if not (browser and driver and importlib.util.find_spec("selenium")):
+        if os.environ.get("SIGNS_JAX_REQUIRE_BROWSER"):
+            pytest.fail(f"no headless browser: chromium {browser}, chromedriver {driver}, selenium installed?")
+        pytest.skip("needs chromium, chromedriver and selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+
+
+@contextlib.contextmanager
+def server_process(weights):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "signs_jax.serve", "--weights", str(weights), "--port", "0"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line + process.stderr.read() if process.poll() is not None else line
+        yield url.group(0)
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.slow
+def test_the_page_in_a_real_browser_shows_the_class_predict_gives(jpegs, tmp_path):
+    """Upload a SIGNS test JPEG through the page's file input in headless Chromium: the class shown is the one
+    `predict --json` gives for the file, the explanation overlay arrives, and a screenshot is saved
+    (SIGNS_JAX_SCREENSHOT=PATH copies it there, SIGNS_JAX_PAGE_WEIGHTS serves other weights: docs/serve.md)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    weights = os.environ.get("SIGNS_JAX_PAGE_WEIGHTS", KERAS_MODEL)
+    photo = jpegs[3]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert predict.main([str(photo), "--weights", str(weights), "--json", "--batch-size", "8"]) == 0
+    cli = json_lines(out.getvalue())[0]
+
+    browser = _browser()
+    try:
+        with server_process(weights) as url:
+            browser.get(url)
+            assert browser.find_element(By.ID, "result").is_displayed() is False
+            browser.find_element(By.ID, "file").send_keys(str(photo))
+            wait = WebDriverWait(browser, 120)
+            wait.until(lambda b: b.find_element(By.ID, "class").text)
+            assert browser.find_element(By.ID, "class").text == cli["class"]
+            assert browser.find_element(By.ID, "uncertain").is_displayed() == cli["uncertain"]
+            assert len(browser.find_elements(By.CSS_SELECTOR, "#bars > *")) == len(cli["probabilities"])
+            wait.until(
+                lambda b: b.execute_script(
+                    "const i = document.getElementById('overlay'); return i.complete && i.naturalWidth > 0"
+                )
+            )
+            assert "computing" not in browser.find_element(By.ID, "overlay-caption").text
+            shot = tmp_path / "page.png"
+            assert browser.save_screenshot(str(shot))
+    finally:
+        browser.quit()
+    with Image.open(shot) as picture:
+        shades = len(np.unique(np.asarray(picture.convert("L"))))
+    assert picture.size[0] >= 800 and shades > 50  # a drawn page, not a blank one
+    if os.environ.get("SIGNS_JAX_SCREENSHOT"):
+        import shutil
+
+        shutil.copyfile(shot, os.environ["SIGNS_JAX_SCREENSHOT"])
