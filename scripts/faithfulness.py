@@ -35,7 +35,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 DELETIONS = ("black", "blurred")
-MAP_CHOICES = ("gradcam3", "gradcam4", "gradcam5", "integrated_gradients", "smoothgrad")
+MAP_CHOICES = (
+    "gradcam3",
+    "gradcam4",
+    "gradcam5",
+    "integrated_gradients_blurred",
+    "integrated_gradients_black",
+    "smoothgrad",
+)
 MAP_BATCH = 20  # images per map computation (memory: integrated gradients holds a batch's gradients per step)
 
 
@@ -177,8 +184,11 @@ def main(argv=None) -> int:
     print(f"# {weights.source}: {len(chosen)} test images, accuracy {float((classes == labels).mean()):.3f}")
     blurred = gaussian_filter(images, sigma=(0, args.blur_sigma, args.blur_sigma, 0))
 
-    def maps_of(method, stage, vars_):
-        """Maps in padded chunks of MAP_BATCH images: one compiled shape per method."""
+    def maps_of(method, option, vars_):
+        """Maps in padded chunks of MAP_BATCH images: one compiled shape per method. `option`: Grad-CAM's stage
+        or integrated gradients' baseline."""
+        stage = option if method == "gradcam" else None
+        baseline = option if method == "integrated_gradients" else explain.DEFAULT_BASELINE
         steps = args.ig_steps if method == "integrated_gradients" else args.smoothgrad_samples
         out = []
         for start in range(0, len(images), MAP_BATCH):
@@ -186,11 +196,20 @@ def main(argv=None) -> int:
             c = np.zeros(MAP_BATCH, np.int32)
             n = len(images[start : start + MAP_BATCH])
             x[:n], c[:n] = images[start : start + MAP_BATCH], classes[start : start + MAP_BATCH]
-            out.append(explain.explain(model, vars_, x, c, method, stage, seed=args.seed, steps=steps)[:n])
+            out.append(explain.explain(model, vars_, x, c, method, stage, args.seed, steps, baseline)[:n])
         return np.concatenate(out)
 
-    rows = [("gradcam", s) for s in explain.STAGES] + [("integrated_gradients", None), ("smoothgrad", None)]
-    rows = [(m, s) for m, s in rows if f"{m}{s or ''}" in args.maps]
+    rows = [("gradcam", s) for s in explain.STAGES] + [("integrated_gradients", b) for b in explain.BASELINES]
+    rows += [("smoothgrad", None)]
+    choice = lambda method, option: (
+        method + {None: "", "blurred": "_blurred", "black": "_black"}.get(option, str(option))
+    )  # noqa: E731
+    rows = [(m, o) for m, o in rows if choice(m, o) in args.maps]
+
+    def name_of(method, option):
+        name = explain.method_name(method, option if method == "gradcam" else None)
+        return f"{name}, {option} baseline" if method == "integrated_gradients" else name
+
     shape = images.shape[:3]
     coarse = rng.random((len(images), 8, 8))
     random_maps = {
@@ -229,7 +248,7 @@ def main(argv=None) -> int:
         t = time.time()
         maps = maps_of(method, stage, variables)
         seconds = time.time() - t
-        record, _ = measured(explain.method_name(method, stage), maps)
+        record, _ = measured(name_of(method, stage), maps)
         record["map_seconds"] = seconds
         if not args.no_randomisation:
             for kind, vars_ in random_variables.items():
