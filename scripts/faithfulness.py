@@ -1,15 +1,21 @@
 """Which saliency map follows the model? Deletion and insertion curves, and the parameter-randomisation check.
 
-    python scripts/faithfulness.py RUN [--images 60] [--ig-steps 16] [--smoothgrad-samples 16] [--json OUT]
+    python scripts/faithfulness.py RUN [--images 120] [--fractions 32] [--deletion black blurred] [--json OUT]
 
 For each method of `signs_jax.explain` (Grad-CAM at stages 3, 4 and 5, integrated gradients, SmoothGrad)
 and two random maps (independent pixels; an 8x8 grid upsampled, as coarse as Grad-CAM at stage 3), on
 SIGNS test images of RUN's data, explaining the class the model predicts:
 
-- deletion: the most salient pixels first are set to black, in `--fractions` equal steps; the area under
-  the predicted class's probability (lower is better: the map found what the prediction needs);
+- deletion: the most salient pixels first are removed, in `--fractions` equal steps; the area under the
+  predicted class's probability (lower is better: the map found what the prediction needs). `--deletion`
+  says what replaces a removed pixel: "black" (zero, as in RISE) and/or "blurred" (the same pixel of the
+  blurred copy insertion starts from: the image stays nearer the photos the model knows, so the curve
+  measures the pixels' content more than the damage of a black hole);
 - insertion: from a blurred copy of the image, the most salient pixels first are put back; the area under
   the same curve (higher is better). Both as in RISE (Petsiuk et al., 2018);
+- for every map and curve, the paired difference from each random map, image by image: its mean and the
+  standard error of that mean over the images (a method beats random where the difference is several
+  standard errors on the right side of zero);
 - parameter randomisation (Adebayo et al., 2018): maps of the same images and classes with every weight
   re-initialised ("all"), and with only stage 5 and the classifier re-initialised ("top"); the mean Spearman
   rank correlation with the trained model's maps (near 0: the map depends on what the model learned; near
@@ -28,6 +34,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+DELETIONS = ("black", "blurred")
+MAP_CHOICES = (
+    "gradcam3",
+    "gradcam4",
+    "gradcam5",
+    "integrated_gradients_blurred",
+    "integrated_gradients_black",
+    "smoothgrad",
+)
 MAP_BATCH = 20  # images per map computation (memory: integrated gradients holds a batch's gradients per step)
 
 
@@ -39,6 +54,21 @@ def parse_args(argv=None):
     p.add_argument("--smoothgrad-samples", type=int, default=32)
     p.add_argument("--fractions", type=int, default=16, help="steps of the deletion and insertion curves")
     p.add_argument("--blur-sigma", type=float, default=5.0, help="insertion's starting image: Gaussian blur (pixels)")
+    p.add_argument(
+        "--deletion",
+        nargs="+",
+        choices=DELETIONS,
+        default=list(DELETIONS),
+        help="what replaces the deleted pixels: black, the blurred image, or both (default: both)",
+    )
+    p.add_argument(
+        "--maps",
+        nargs="+",
+        choices=MAP_CHOICES,
+        default=list(MAP_CHOICES),
+        help="which maps to measure besides the random ones (default: all)",
+    )
+    p.add_argument("--no-randomisation", action="store_true", help="skip the parameter-randomisation check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=120)
     p.add_argument("--json", help="also write the numbers to this JSON file")
@@ -56,30 +86,41 @@ def ranks_descending(maps, rng):
     return ranks.reshape(maps.shape)
 
 
-def curves(model, variables, images, classes, maps, fractions, blurred, rng, batch_size):
-    """(deletion, insertion) probability curves, (N, fractions + 1) each."""
+def curves(model, variables, images, classes, maps, fractions, blurred, rng, batch_size, deletions):
+    """{curve name: probability curves (N, fractions + 1)}: one "deletion, <what replaces>" per `deletions`,
+    and "insertion"."""
     from signs_jax.calibration import softmax
     from signs_jax.predict import logits_of
 
     ranks = ranks_descending(maps, rng)
     pixels = ranks[0].size
-    deleted, inserted = [], []
+    fills = {"black": np.zeros_like(images), "blurred": blurred}
+    stacks = {f"deletion, {d}": [] for d in deletions}
+    stacks["insertion"] = []
     for k in range(fractions + 1):
         chosen = (ranks < round(k / fractions * pixels))[..., None]  # the top k/fractions of each map
-        deleted.append(np.where(chosen, 0.0, images))
-        inserted.append(np.where(chosen, images, blurred))
-    out = []
-    for stack in (deleted, inserted):
+        for d in deletions:
+            stacks[f"deletion, {d}"].append(np.where(chosen, fills[d], images))
+        stacks["insertion"].append(np.where(chosen, images, blurred))
+    out = {}
+    for name, stack in stacks.items():
         x = np.concatenate(stack).astype(np.float32)
         probs = softmax(logits_of(model, variables, x, batch_size), 1.0)
         picked = probs[np.arange(len(x)), np.tile(classes, fractions + 1)]
-        out.append(picked.reshape(fractions + 1, -1).T)
+        out[name] = picked.reshape(fractions + 1, -1).T
     return out
 
 
 def area(curve):
     """Area under a curve sampled at equal steps over [0, 1] (trapezoids), per image."""
     return ((curve[:, 1:] + curve[:, :-1]) / 2).mean(axis=1)
+
+
+def paired(aucs, baseline):
+    """Mean and standard error of the per-image difference `aucs - baseline` (the same images, so the spread
+    between images, which both share, drops out)."""
+    diff = np.asarray(aucs) - np.asarray(baseline)
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 def spearman(a, b):
@@ -143,8 +184,11 @@ def main(argv=None) -> int:
     print(f"# {weights.source}: {len(chosen)} test images, accuracy {float((classes == labels).mean()):.3f}")
     blurred = gaussian_filter(images, sigma=(0, args.blur_sigma, args.blur_sigma, 0))
 
-    def maps_of(method, stage, vars_):
-        """Maps in padded chunks of MAP_BATCH images: one compiled shape per method."""
+    def maps_of(method, option, vars_):
+        """Maps in padded chunks of MAP_BATCH images: one compiled shape per method. `option`: Grad-CAM's stage
+        or integrated gradients' baseline."""
+        stage = option if method == "gradcam" else None
+        baseline = option if method == "integrated_gradients" else explain.DEFAULT_BASELINE
         steps = args.ig_steps if method == "integrated_gradients" else args.smoothgrad_samples
         out = []
         for start in range(0, len(images), MAP_BATCH):
@@ -152,10 +196,20 @@ def main(argv=None) -> int:
             c = np.zeros(MAP_BATCH, np.int32)
             n = len(images[start : start + MAP_BATCH])
             x[:n], c[:n] = images[start : start + MAP_BATCH], classes[start : start + MAP_BATCH]
-            out.append(explain.explain(model, vars_, x, c, method, stage, seed=args.seed, steps=steps)[:n])
+            out.append(explain.explain(model, vars_, x, c, method, stage, args.seed, steps, baseline)[:n])
         return np.concatenate(out)
 
-    rows = [("gradcam", s) for s in explain.STAGES] + [("integrated_gradients", None), ("smoothgrad", None)]
+    rows = [("gradcam", s) for s in explain.STAGES] + [("integrated_gradients", b) for b in explain.BASELINES]
+    rows += [("smoothgrad", None)]
+    choice = lambda method, option: (
+        method + {None: "", "blurred": "_blurred", "black": "_black"}.get(option, str(option))
+    )  # noqa: E731
+    rows = [(m, o) for m, o in rows if choice(m, o) in args.maps]
+
+    def name_of(method, option):
+        name = explain.method_name(method, option if method == "gradcam" else None)
+        return f"{name}, {option} baseline" if method == "integrated_gradients" else name
+
     shape = images.shape[:3]
     coarse = rng.random((len(images), 8, 8))
     random_maps = {
@@ -166,47 +220,61 @@ def main(argv=None) -> int:
         "all": randomised(model, variables, args.seed + 1, top_only=False),
         "top": randomised(model, variables, args.seed + 1, top_only=True),
     }
+    curve_names = [f"deletion, {d}" for d in args.deletion] + ["insertion"]
+
+    def measured(name, maps):
+        per_image = {
+            k: area(v)
+            for k, v in curves(
+                model, variables, images, classes, maps, args.fractions, blurred, rng, args.batch_size, args.deletion
+            ).items()
+        }
+        record = {"map": name, **{k: float(v.mean()) for k, v in per_image.items()}}
+        for k, v in per_image.items():
+            record[f"{k}, standard error"] = float(v.std(ddof=1) / np.sqrt(len(v)))
+            for baseline, their in random_aucs.items():
+                record[f"{k}, minus {baseline}"] = paired(v, their[k])
+        per_image_aucs[name] = {k: v.tolist() for k, v in per_image.items()}
+        return record, per_image
+
     results = []
+    random_aucs, per_image_aucs = {}, {}
     for name, maps in random_maps.items():
         t = time.time()
-        deletion, insertion = curves(
-            model, variables, images, classes, maps, args.fractions, blurred, rng, args.batch_size
-        )
-        results.append(
-            {"map": name, "deletion": float(area(deletion).mean()), "insertion": float(area(insertion).mean())}
-        )
-        print(results[-1], f"{time.time() - t:.0f} s", flush=True)
+        record, random_aucs[name] = measured(name, maps)
+        results.append(record)
+        print(record, f"{time.time() - t:.0f} s", flush=True)
     for method, stage in rows:
         t = time.time()
         maps = maps_of(method, stage, variables)
         seconds = time.time() - t
-        deletion, insertion = curves(
-            model, variables, images, classes, maps, args.fractions, blurred, rng, args.batch_size
-        )
-        record = {
-            "map": explain.method_name(method, stage),
-            "deletion": float(area(deletion).mean()),
-            "insertion": float(area(insertion).mean()),
-            "map_seconds": seconds,
-        }
-        for kind, vars_ in random_variables.items():
-            record[f"spearman_{kind}"], record[f"constant_{kind}"] = spearman(maps, maps_of(method, stage, vars_))
+        record, _ = measured(name_of(method, stage), maps)
+        record["map_seconds"] = seconds
+        if not args.no_randomisation:
+            for kind, vars_ in random_variables.items():
+                record[f"spearman_{kind}"], record[f"constant_{kind}"] = spearman(maps, maps_of(method, stage, vars_))
         results.append(record)
         print(record, f"{time.time() - t:.0f} s", flush=True)
 
-    print(
-        "\n| map | deletion AUC (lower better) | insertion AUC (higher better) | insertion - deletion "
-        "| Spearman, all weights random | Spearman, stage 5 + fc random |"
-    )
-    print("|---|---|---|---|---|---|")
+    print(f"\n{len(images)} images; AUC (standard error over images); lower deletion and higher insertion are better")
+    print("| map | " + " | ".join(curve_names) + " | Spearman, all weights random | Spearman, stage 5 + fc random |")
+    print("|---" * (len(curve_names) + 3) + "|")
     for r in results:
-        cells = [f"{r['deletion']:.3f}", f"{r['insertion']:.3f}", f"{r['insertion'] - r['deletion']:+.3f}"]
+        cells = [f"{r[k]:.3f} ({r[k + ', standard error']:.3f})" for k in curve_names]
         cells += [f"{r[k]:.2f}" if k in r else "-" for k in ("spearman_all", "spearman_top")]
+        print(f"| {r['map']} | " + " | ".join(cells) + " |")
+    print("\nPaired difference from each random map, image by image: mean (standard error)")
+    print("| map | " + " | ".join(f"{k}, minus {b}" for k in curve_names for b in random_maps) + " |")
+    print("|---" * (len(curve_names) * len(random_maps) + 1) + "|")
+    for r in results[len(random_maps) :]:
+        cells = ["{:+.3f} ({:.3f})".format(*r[f"{k}, minus {b}"]) for k in curve_names for b in random_maps]
         print(f"| {r['map']} | " + " | ".join(cells) + " |")
     if args.json:
         import json
 
-        Path(args.json).write_text(json.dumps({"args": vars(args), "images": chosen.tolist(), "results": results}))
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "images": chosen.tolist(), "results": results, "per_image": per_image_aucs})
+        )
     return 0
 
 

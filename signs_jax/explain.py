@@ -7,8 +7,11 @@ and setting:
   that block's channels; ReLU; bilinear upsampling to the input. `stage` picks the last block of a
   Keras stage: 3, 4 or 5 (8x8, 4x4 and 2x2 at 64x64 input; the Keras tutorial's "last conv map" is
   stage 5, four blobs at this input size).
-- `integrated_gradients`: the gradients averaged along the straight path from a black image, times
-  the image (Sundararajan et al.); the map is |sum over colour channels|.
+- `integrated_gradients`: the gradients averaged along the straight path from a baseline image to the
+  image, times their difference (Sundararajan et al.); the map is |sum over colour channels|. The
+  baseline is a blurred copy of the image by default (Gaussian, `BLUR_SIGMA` pixels), or black. From
+  black, a pixel's attribution is proportional to its own value, so dark pixels get next to nothing
+  whatever the model does with them (docs/explain.md measures what that costs).
 - `smoothgrad`: the gradients averaged over noisy copies of the image (Smilkov et al.); the map is
   |sum over colour channels|. The noise comes from `seed`: one seed, one map.
 
@@ -35,6 +38,9 @@ DEFAULT_METHOD = "integrated_gradients"
 DEFAULT_STAGE = 4
 IG_STEPS = 32
 SMOOTHGRAD_SAMPLES = 32
+BASELINES = ("blurred", "black")  # integrated gradients' path starts
+DEFAULT_BASELINE = "blurred"
+BLUR_SIGMA = 5.0  # pixels; also where the insertion curves of scripts/faithfulness.py start
 SMOOTHGRAD_NOISE = 0.15  # standard deviation of the noise, images being in [0, 1]
 
 
@@ -117,16 +123,38 @@ def _compiled_grad_cam(model, stage: int):
     return jax.jit(grad_cam)
 
 
+def gaussian_blur(images, sigma: float = BLUR_SIGMA):
+    """`images` (N, H, W, C) blurred over H and W by a Gaussian of `sigma` pixels, truncated at 4 sigma, the
+    edges mirrored (as scipy.ndimage.gaussian_filter does by default)."""
+    radius = int(4 * sigma + 0.5)
+    offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    kernel = jnp.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = images
+    for axis in (1, 2):
+        size = out.shape[axis]
+        # Mirror indices, valid for any radius: reflect in a period of 2 * size.
+        index = jnp.arange(-radius, size + radius) % (2 * size)
+        index = jnp.where(index < size, index, 2 * size - 1 - index)
+        padded = jnp.take(out, index, axis=axis)
+        windows = jnp.stack([jax.lax.slice_in_dim(padded, k, k + size, axis=axis) for k in range(2 * radius + 1)])
+        out = jnp.tensordot(kernel, windows, axes=1)
+    return out
+
+
 @functools.lru_cache(maxsize=16)
-def _compiled_integrated_gradients(model, steps: int):
+def _compiled_integrated_gradients(model, steps: int, baseline: str):
     def integrated_gradients(variables, images, classes):
-        # Midpoint rule along the path from black: alphas (k + 1/2) / steps.
+        start = gaussian_blur(images) if baseline == "blurred" else jnp.zeros_like(images)
+        difference = images - start
+
+        # Midpoint rule along the path: alphas (k + 1/2) / steps.
         def add(total, alpha):
-            return total + _input_gradients(model, variables, alpha * images, classes), None
+            return total + _input_gradients(model, variables, start + alpha * difference, classes), None
 
         alphas = (jnp.arange(steps, dtype=jnp.float32) + 0.5) / steps
         total, _ = jax.lax.scan(add, jnp.zeros_like(images), alphas)
-        attributions = images * total / steps
+        attributions = difference * total / steps
         return _scaled(jnp.abs(attributions.sum(axis=-1)))
 
     return jax.jit(integrated_gradients)
@@ -159,10 +187,14 @@ def grad_cam(model, variables, images, classes, stage: int = DEFAULT_STAGE) -> n
     return np.asarray(_compiled_grad_cam(model, stage)(variables, images, classes))
 
 
-def integrated_gradients(model, variables, images, classes, steps: int = IG_STEPS) -> np.ndarray:
-    """Integrated-gradients maps (N, H, W) in [0, 1], from a black baseline in `steps` steps."""
+def integrated_gradients(
+    model, variables, images, classes, steps: int = IG_STEPS, baseline: str = DEFAULT_BASELINE
+) -> np.ndarray:
+    """Integrated-gradients maps (N, H, W) in [0, 1], from `baseline` (one of BASELINES) in `steps` steps."""
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose from {BASELINES}")
     images, classes = _arrays(images, classes)
-    return np.asarray(_compiled_integrated_gradients(model, int(steps))(variables, images, classes))
+    return np.asarray(_compiled_integrated_gradients(model, int(steps), baseline)(variables, images, classes))
 
 
 def smoothgrad(
@@ -183,13 +215,14 @@ def explain(
     stage: Optional[int] = None,
     seed: int = 0,
     steps: Optional[int] = None,
+    baseline: str = DEFAULT_BASELINE,
 ) -> np.ndarray:
     """The maps of `method` (one of METHODS); `stage` is Grad-CAM's, `seed` SmoothGrad's, `steps` the number
-    of path steps (integrated gradients) or noisy samples (SmoothGrad)."""
+    of path steps (integrated gradients) or noisy samples (SmoothGrad), `baseline` integrated gradients'."""
     if method == "gradcam":
         return grad_cam(model, variables, images, classes, DEFAULT_STAGE if stage is None else stage)
     if method == "integrated_gradients":
-        return integrated_gradients(model, variables, images, classes, steps or IG_STEPS)
+        return integrated_gradients(model, variables, images, classes, steps or IG_STEPS, baseline)
     if method == "smoothgrad":
         return smoothgrad(model, variables, images, classes, seed, steps or SMOOTHGRAD_SAMPLES)
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")

@@ -9,7 +9,7 @@ from helpers import KERAS_MODEL
 from signs_jax import evaluate, explain, predict
 
 QUADRANT = 32  # the label lives in the top-left 32x32 of a 64x64 image
-MASS_BOUND = 0.35  # median share of the default map's mass in that quadrant (a uniform map: 0.25)
+MASS_BOUND = 0.5  # median share of the default map's mass in that quadrant: most of it (a uniform map: 0.25)
 RANDOMISED_BOUND = 0.6  # mean Spearman correlation of trained and re-initialised maps stays below this
 
 
@@ -70,6 +70,15 @@ def test_default_map_finds_the_quadrant_and_depends_on_the_weights(quadrant_mode
     assert correlation.mean() < RANDOMISED_BOUND, correlation
 
 
+def test_blurred_baseline_is_scipys_gaussian_filter():
+    """Integrated gradients' default baseline; scipy is the reference, at an image size smaller than the kernel."""
+    from scipy.ndimage import gaussian_filter
+
+    images = np.random.default_rng(5).random((2, 9, 64, 3)).astype(np.float32)
+    expected = gaussian_filter(images, sigma=(0, explain.BLUR_SIGMA, explain.BLUR_SIGMA, 0))
+    np.testing.assert_allclose(np.asarray(explain.gaussian_blur(images)), expected, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_maps_repeat_for_a_seed(quadrant_model):
     model, variables, _, images, labels = quadrant_model
@@ -81,8 +90,9 @@ def test_maps_repeat_for_a_seed(quadrant_model):
         assert np.array_equal(
             explain.grad_cam(model, variables, x, c, stage), explain.grad_cam(model, variables, x, c, stage)
         )
-    ig = explain.integrated_gradients(model, variables, x, c, steps=4)
-    assert np.array_equal(ig, explain.integrated_gradients(model, variables, x, c, steps=4))
+    for baseline in explain.BASELINES:
+        ig = explain.integrated_gradients(model, variables, x, c, steps=4, baseline=baseline)
+        assert np.array_equal(ig, explain.integrated_gradients(model, variables, x, c, steps=4, baseline=baseline))
 
 
 @pytest.mark.slow
