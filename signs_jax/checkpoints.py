@@ -83,6 +83,18 @@ def read_train_config(run_dir: Path):
     return TrainConfig.from_dict(read_config(run_dir), str(Path(run_dir) / CONFIG_FILE))
 
 
+class _OrbaxLeftovers(logging.Filter):
+    """Drops asyncio's report of a tensorstore read that failed unobserved: a failed restore leaves such reads
+    behind, and the report comes whenever their future is collected, after the caller has said what failed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Future exception was never retrieved") and "tensorstore" in message)
+
+
+_LEFTOVERS = _OrbaxLeftovers()
+
+
 @contextlib.contextmanager
 def quiet_orbax():
     """Keep orbax's logging and the tracebacks of its event loop off stderr while a checkpoint is read or written.
@@ -104,6 +116,8 @@ def quiet_orbax():
 
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)
+    if _LEFTOVERS not in loggers[1].filters:
+        loggers[1].addFilter(_LEFTOVERS)  # for good: the reports come after this block has ended
     sys.unraisablehook = hook
     failed = False
     try:

@@ -471,3 +471,26 @@ def test_a_full_disk_while_recording_an_epoch_says_which_checkpoint_is_kept(smal
     assert code == 1 and len(err) == 1, err
     metrics = tmp_path / "r" / "metrics.jsonl"
     assert err[0] == f"error: {metrics}: cannot write (No space left on device); the checkpoint of step 10 is kept"
+
+
+def test_orbax_reads_left_failing_after_a_damaged_restore_log_nothing(caplog):
+    """A failed restore leaves tensorstore reads whose futures fail unobserved; when one is collected, later and
+    outside the restore, asyncio logs it with its whole spec ("Future exception was never retrieved"), which
+    ended up under the one warning line predict prints."""
+    import asyncio
+    import gc
+
+    from signs_jax.checkpoints import quiet_orbax
+
+    with pytest.raises(ValueError):
+        with quiet_orbax():
+            raise ValueError("the restore failed")
+    loop = asyncio.new_event_loop()
+    for message in ('OUT_OF_RANGE: Error reading "params/.zarray" [tensorstore_spec=\'{}\']', "another failure"):
+        future = loop.create_future()
+        future.set_exception(ValueError(message))
+        del future
+        gc.collect()
+    loop.close()
+    logged = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert len(logged) == 1 and "another failure" in logged[0]  # only orbax's leftovers are dropped
