@@ -89,7 +89,8 @@ class _OrbaxLeftovers(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not (message.startswith("Future exception was never retrieved") and "tensorstore" in message)
+        unobserved = message.startswith(("Future exception was never retrieved", "Task exception was never retrieved"))
+        return not (unobserved and ("tensorstore" in message or "orbax" in message))
 
 
 _LEFTOVERS = _OrbaxLeftovers()

@@ -485,12 +485,22 @@ def test_orbax_reads_left_failing_after_a_damaged_restore_log_nothing(caplog):
     with pytest.raises(ValueError):
         with quiet_orbax():
             raise ValueError("the restore failed")
+
+    async def async_deserialize():  # a task of orbax's deserialisation, as in the report (named by its module)
+        raise ValueError("OUT_OF_RANGE: Error reading params/.zarray in OCDBT database")
+
+    async_deserialize.__qualname__ = "orbax.checkpoint.async_deserialize"
     loop = asyncio.new_event_loop()
-    for message in ('OUT_OF_RANGE: Error reading "params/.zarray" [tensorstore_spec=\'{}\']', "another failure"):
+    for message in ("OUT_OF_RANGE: Error reading \"params/.zarray\" [tensorstore_spec='{}']", "another failure"):
         future = loop.create_future()
         future.set_exception(ValueError(message))
         del future
         gc.collect()
+    task = loop.create_task(async_deserialize())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert task.done()
+    del task
+    gc.collect()
     loop.close()
     logged = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
     assert len(logged) == 1 and "another failure" in logged[0]  # only orbax's leftovers are dropped
