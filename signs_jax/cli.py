@@ -1,4 +1,4 @@
-"""Command-line helpers: which data set a tool reads, and how a run records it in its config.json."""
+"""Command-line helpers: the flags that choose a model, which data set a tool reads, and how a run records it."""
 
 import os
 from pathlib import Path
@@ -10,6 +10,16 @@ DATA_DIR_ENV = "SIGNS_DATA_DIR"
 LOCAL_DATA_DIR = Path("datasets")
 DATA_DIR_DEFAULTS = f"${DATA_DIR_ENV}, then ./{LOCAL_DATA_DIR} if it holds data, then the SIGNS copy inside the package"
 DATA_DIR_HELP = f"SIGNS h5 pair or image folders (default: {DATA_DIR_DEFAULTS})"
+
+
+def add_weights_arguments(parser) -> None:
+    """--weights and --workdir, as every tool that reads a model takes them (`weights.load_weights`)."""
+    from . import config
+
+    parser.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
+    parser.add_argument(
+        "--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)"
+    )
 
 
 def data_dir(cli_value: Optional[str] = None) -> Path:

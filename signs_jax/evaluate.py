@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import cli, config
+from . import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,10 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a trained model (default: the best checkpoint of the newest run) or a Keras .h5 on the "
         "SIGNS test set, an h5 pair or image folders.",
     )
-    p.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
-    p.add_argument(
-        "--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)"
-    )
+    cli.add_weights_arguments(p)
     p.add_argument(
         "--data-dir",
         help="SIGNS h5 pair or image folders (default for a run: the data it was trained on; "

@@ -9,7 +9,7 @@ import functools
 import json
 import sys
 
-from . import config
+from . import cli
 from .adapt import MIN_PHOTOS
 from .calibration import DEFAULT_THRESHOLD
 from .framing import DEFAULT_FIT, FITS, TTA_VIEWS
@@ -30,10 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "is either kept whole or replaced whole.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files or folders (searched recursively)")
-    p.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
-    p.add_argument(
-        "--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)"
-    )
+    cli.add_weights_arguments(p)
     p.add_argument(
         "--interpolation",
         choices=INTERPOLATIONS,

@@ -12,7 +12,7 @@ are parsed: `--help` and argument errors never load JAX or the web stack.
 import argparse
 import sys
 
-from . import config
+from . import cli
 from .calibration import DEFAULT_THRESHOLD
 
 DEFAULT_HOST = "127.0.0.1"
@@ -30,10 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Content-Type and an optional ?filename=) answers predict --json's record; POST /api/explain the same way "
         "answers the explanation overlay as a PNG; GET /api/health. docs/serve.md has examples.",
     )
-    p.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
-    p.add_argument(
-        "--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)"
-    )
+    cli.add_weights_arguments(p)
     p.add_argument(
         "--host",
         default=DEFAULT_HOST,

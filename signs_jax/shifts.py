@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import cli, config
+from . import cli
 
 SEVERITIES = (1, 2, 3, 4, 5)
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -434,10 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(SHIFTS)
         + ".",
     )
-    p.add_argument("--weights", help="a run directory, a work directory (its newest run) or a Keras .h5")
-    p.add_argument(
-        "--workdir", default=str(config.DEFAULT_WORKDIR), help="where to look for runs (default: %(default)s)"
-    )
+    cli.add_weights_arguments(p)
     p.add_argument("--data-dir", help=cli.DATA_DIR_HELP)
     p.add_argument("--seed", type=int, default=0, help="seed of the random choices in the shifts (default: 0)")
     p.add_argument("--only", metavar="A,B", help="only these shifts, comma-separated")
