@@ -13,6 +13,7 @@ numpy and Pillow are imported inside the functions so that `--help` stays fast.
 """
 
 import os
+import threading
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
@@ -24,6 +25,7 @@ INTERPOLATIONS = ("area", "box", "nearest", "bilinear", "bicubic", "lanczos")
 DEFAULT_INTERPOLATION = "lanczos"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".heic"}
 MAX_PIXELS = 100_000_000  # larger declared sizes are refused as decompression bombs (a 48 MP photo is fine)
+_PROCESS_WIDE_SETTINGS = threading.Lock()
 DRAFT_FACTOR = 4  # JPEG DCT-scaled decoding keeps at least 4x the target size for the final filter
 
 
@@ -128,54 +130,56 @@ def decode_image(
         raise ImageError(f"{path}: empty file")
     target = None if size is None else (size[1], size[0])  # PIL sizes are (width, height)
     # PIL warns above MAX_IMAGE_PIXELS and raises above twice it; set for this file only, since the
-    # limit is a process-wide global that other Pillow users in the process rely on too.
-    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
-    try:
-        with warnings.catch_warnings():
-            # A DecompressionBombWarning must fail this file, not scroll past on stderr.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(
-                        f"{path}: {img.width}x{img.height} pixels exceeds the {MAX_PIXELS:,}-pixel "
-                        "limit (decompression bomb?)"
-                    )
-                if draft and target and interpolation != "nearest" and img.format == "JPEG":
-                    # Square request: both sides stay >= the target even after an EXIF 90-degree turn.
-                    side = DRAFT_FACTOR * max(target)
-                    img.draft(img.mode, (side, side))
-                img.load()
-                if img.format == "JPEG" and _ends_in_missing_data(img):
-                    raise ImageError(
-                        f"{path}: a JPEG cut short or damaged (it ends in the flat grey libjpeg fills in for "
-                        "missing data)"
-                    )
-                if img.format == "JPEG" and img.info.get("progressive"):
-                    unfinished = missing_refinement(path.read_bytes())
-                    if unfinished:
-                        raise ImageError(f"{path}: a progressive JPEG cut short or damaged ({unfinished})")
-                if exif:
-                    img = ImageOps.exif_transpose(img)
-                img = to_rgb(img)
-                if target:
-                    return render_pixels(img, target, fit, _resample(interpolation), views)
-                return np.asarray(img, dtype=np.uint8)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"{path}: refused as a decompression bomb ({err})") from None
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read") from None
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as err:
-        raise ImageError(f"{path}: corrupt or truncated image ({err})") from None
-    except MemoryError:
-        raise ImageError(f"{path}: too large to decode in memory") from None
-    except Exception as err:  # noqa: BLE001 - a broken file can trip any decoder; report it, go on with the rest
-        raise ImageError(f"{path}: cannot decode ({type(err).__name__}: {err})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = pil_limit
+    # limit is a process-wide global that other Pillow users in the process rely on too. That global and the
+    # warning filters are changed under a lock: decoding threads (the web app's) take turns.
+    with _PROCESS_WIDE_SETTINGS:
+        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS
+        try:
+            with warnings.catch_warnings():
+                # A DecompressionBombWarning must fail this file, not scroll past on stderr.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as img:
+                    if img.width * img.height > MAX_PIXELS:
+                        raise ImageError(
+                            f"{path}: {img.width}x{img.height} pixels exceeds the {MAX_PIXELS:,}-pixel "
+                            "limit (decompression bomb?)"
+                        )
+                    if draft and target and interpolation != "nearest" and img.format == "JPEG":
+                        # Square request: both sides stay >= the target even after an EXIF 90-degree turn.
+                        side = DRAFT_FACTOR * max(target)
+                        img.draft(img.mode, (side, side))
+                    img.load()
+                    if img.format == "JPEG" and _ends_in_missing_data(img):
+                        raise ImageError(
+                            f"{path}: a JPEG cut short or damaged (it ends in the flat grey libjpeg fills in for "
+                            "missing data)"
+                        )
+                    if img.format == "JPEG" and img.info.get("progressive"):
+                        unfinished = missing_refinement(path.read_bytes())
+                        if unfinished:
+                            raise ImageError(f"{path}: a progressive JPEG cut short or damaged ({unfinished})")
+                    if exif:
+                        img = ImageOps.exif_transpose(img)
+                    img = to_rgb(img)
+                    if target:
+                        return render_pixels(img, target, fit, _resample(interpolation), views)
+                    return np.asarray(img, dtype=np.uint8)
+        except ImageError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise ImageError(f"{path}: refused as a decompression bomb ({err})") from None
+        except UnidentifiedImageError:
+            raise ImageError(f"{path}: not an image Pillow can read") from None
+        except PermissionError:
+            raise ImageError(f"{path}: permission denied") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as err:
+            raise ImageError(f"{path}: corrupt or truncated image ({err})") from None
+        except MemoryError:
+            raise ImageError(f"{path}: too large to decode in memory") from None
+        except Exception as err:  # noqa: BLE001 - a broken file can trip any decoder; report it, go on with the rest
+            raise ImageError(f"{path}: cannot decode ({type(err).__name__}: {err})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
 
 
 def _ends_in_missing_data(img) -> bool:

@@ -53,9 +53,6 @@ class Predictor:
         forward = compiled_forward(weights.model)
         self.queue = BatchQueue(lambda x: forward(weights.variables, x), batch_size, (*self.size, 3))
         self.queue.submit(np.zeros((*self.size, 3), np.float32)).result()  # the compile, before the first request
-        # decode_image swaps Pillow's process-wide pixel limit and the warning filters while it reads a file,
-        # which two threads at once would leave in the wrong state: one upload is decoded at a time.
-        self._decoding = threading.Lock()
         self._explaining = threading.Lock()  # one explanation (dozens of backward passes) at a time
 
     def close(self) -> None:
@@ -70,11 +67,10 @@ class Predictor:
         with tempfile.TemporaryDirectory(prefix="signs-serve-") as tmp:
             path = Path(tmp) / UPLOAD_NAME
             path.write_bytes(data)
-            with self._decoding:
-                try:
-                    return read(path)
-                except ImageError as err:
-                    raise RequestError(400, str(err).replace(str(path), name, 1)) from None
+            try:
+                return read(path)
+            except ImageError as err:
+                raise RequestError(400, str(err).replace(str(path), name, 1)) from None
 
     async def record(self, data: bytes, name: str) -> dict:
         image = await run_in_threadpool(self.decode, data, name)

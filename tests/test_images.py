@@ -128,3 +128,16 @@ def test_the_bomb_limit_does_not_leak_into_pil(tmp_path, monkeypatch):
     with pytest.raises(ImageError):
         load_image(path, (64, 64))
     assert PILImage.MAX_IMAGE_PIXELS == before  # other readers in the process keep PIL's own limit
+
+
+def test_decoding_threads_leave_pils_limit_as_they_found_it(tmp_path):
+    """Each decode swaps Pillow's process-wide pixel limit for its own and back: threads decoding at once (the
+    web app's) must not restore one another's value."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    before = Image.MAX_IMAGE_PIXELS
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: images.decode_image(path, (16, 16)), range(400)))
+    assert Image.MAX_IMAGE_PIXELS == before
