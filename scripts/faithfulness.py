@@ -53,7 +53,13 @@ def parse_args(argv=None):
     p.add_argument("--ig-steps", type=int, default=32)
     p.add_argument("--smoothgrad-samples", type=int, default=32)
     p.add_argument("--fractions", type=int, default=16, help="steps of the deletion and insertion curves")
-    p.add_argument("--blur-sigma", type=float, default=5.0, help="insertion's starting image: Gaussian blur (pixels)")
+    p.add_argument(
+        "--blur-sigma",
+        type=float,
+        default=None,
+        help="insertion's starting image: Gaussian blur in pixels (default: integrated gradients' own, "
+        "explain.BLUR_SIGMA)",
+    )
     p.add_argument(
         "--deletion",
         nargs="+",
@@ -162,8 +168,6 @@ def main(argv=None) -> int:
     set_up(compilation_cache=True)
     import logging
 
-    from scipy.ndimage import gaussian_filter
-
     from signs_jax import explain
     from signs_jax.data import load_run_test_data
     from signs_jax.evaluate import _data_dir, _run_split
@@ -182,7 +186,8 @@ def main(argv=None) -> int:
     labels = test.labels[chosen]
     classes = logits_of(model, variables, images, args.batch_size).argmax(1)
     print(f"# {weights.source}: {len(chosen)} test images, accuracy {float((classes == labels).mean()):.3f}")
-    blurred = gaussian_filter(images, sigma=(0, args.blur_sigma, args.blur_sigma, 0))
+    sigma = explain.BLUR_SIGMA if args.blur_sigma is None else args.blur_sigma
+    blurred = np.asarray(explain.gaussian_blur(images, sigma))  # the blur integrated gradients starts from
 
     def maps_of(method, option, vars_):
         """Maps in padded chunks of MAP_BATCH images: one compiled shape per method. `option`: Grad-CAM's stage
