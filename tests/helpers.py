@@ -96,3 +96,17 @@ def train_process(args, env_extra=None, **popen):
         text=True,
         **popen,
     )
+
+
+def signs_test_files(data_dir: Path, out: Path, count: int, name: str = "{i:02d}.png", **save) -> list:
+    """The first `count` SIGNS test images written to `out` as image files named by `name` (the format follows
+    its suffix; `save` goes to Pillow, e.g. quality=95)."""
+    import h5py
+    from PIL import Image
+
+    with h5py.File(data_dir / "test_signs.h5", "r") as f:
+        images = np.asarray(f["test_set_x"][:count])
+    paths = [out / name.format(i=i) for i in range(len(images))]
+    for path, image in zip(paths, images):
+        Image.fromarray(image).save(path, **save)
+    return paths

@@ -6,9 +6,8 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from helpers import KERAS_MODEL, TINY, json_lines
+from helpers import KERAS_MODEL, TINY, json_lines, signs_test_files
 from signs_jax import calibrate, evaluate, predict, train
 from signs_jax.calibration import (
     CALIBRATION_FILE,
@@ -69,16 +68,7 @@ def test_a_damaged_calibration_file_is_one_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def photos(data_dir, tmp_path_factory):
     """20 real SIGNS test images as PNG files."""
-    import h5py
-
-    out = tmp_path_factory.mktemp("photos")
-    with h5py.File(data_dir / "test_signs.h5", "r") as f:
-        images = np.asarray(f["test_set_x"][:20])
-    paths = []
-    for i, image in enumerate(images):
-        paths.append(out / f"{i:02d}.png")
-        Image.fromarray(image).save(paths[-1])
-    return paths
+    return signs_test_files(data_dir, tmp_path_factory.mktemp("photos"), 20)
 
 
 def _json(capsys, *args):

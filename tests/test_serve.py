@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import KERAS_MODEL, ROOT, json_lines
+from helpers import KERAS_MODEL, ROOT, json_lines, signs_test_files
 from signs_jax import predict, serve
 
 pytest.importorskip("starlette", reason="the serve extra is not installed")
@@ -35,16 +35,7 @@ LIMIT = 2**20  # the test app's upload limit
 @pytest.fixture(scope="module")
 def jpegs(data_dir, tmp_path_factory):
     """16 different SIGNS test images as JPEG files."""
-    import h5py
-
-    out = tmp_path_factory.mktemp("jpegs")
-    with h5py.File(data_dir / "test_signs.h5", "r") as f:
-        images = np.asarray(f["test_set_x"][:16])
-    paths = []
-    for i, image in enumerate(images):
-        paths.append(out / f"sign{i:02d}.jpg")
-        Image.fromarray(image).save(paths[-1], quality=95)
-    return paths
+    return signs_test_files(data_dir, tmp_path_factory.mktemp("jpegs"), 16, "sign{i:02d}.jpg", quality=95)
 
 
 @pytest.fixture(scope="module")
