@@ -8,10 +8,13 @@ Nothing here changes the process: no signal handlers (unless asked), no XLA flag
 command-line tool (`python -m signs_jax.train`) adds those around this function.
 """
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import json
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -152,6 +155,7 @@ def resolve(config: TrainConfig, dataset, start=None) -> TrainConfig:
         width = start.model.stem_filters / configuration.RESNET50_STEM_FILTERS if start else 1.0
     model = dataclasses.replace(
         model,
+        dtype=model.dtype or recipe.dtype or "float32",
         width=width,
         stage_sizes=tuple(stage_sizes),
         num_classes=dataset.num_classes,
@@ -345,6 +349,7 @@ class _Progress:
     start: int = 0  # steps of it already done (a run resumed mid-epoch)
     sums: Dict[str, Any] = dataclasses.field(default_factory=_no_sums)
     history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
+    step_seconds: List[float] = dataclasses.field(default_factory=list)  # this epoch's steps, as timed
 
 
 def _setup(given: Optional[TrainConfig], place: RunDirectory, dp, resume: bool) -> _Job:
@@ -518,6 +523,19 @@ class StopRequest:
         return False
 
 
+@contextlib.contextmanager
+def _heap_frozen():
+    """Python's cyclic garbage collector blind to the objects alive before training (JAX's, Flax's, the data's:
+    millions): its full collections, which a step's allocations set off every few steps, otherwise walk them
+    all inside the step that triggered them. Nothing made during training is exempt."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _train_epoch(job: _Job, progress: _Progress, stop: StopRequest, t0: float, show_bar: bool) -> bool:
     """The remaining steps of `progress.epoch`. False when a stop request ended the run: the state is saved."""
     from tqdm import tqdm
@@ -534,11 +552,14 @@ def _train_epoch(job: _Job, progress: _Progress, stop: StopRequest, t0: float, s
         leave=False,
         dynamic_ncols=True,
     )
+    progress.step_seconds = []
     for k, (images, labels) in enumerate(
         train_batches(job.dataset.train, recipe.batch_size, job.seed, epoch, start), start
     ):
+        t_step = time.perf_counter()
         progress.state, m = job.train_step(progress.state, *dp.shard(images, labels))
         loss, correct, finite = float(m["loss"]), int(m["correct"]), bool(m["finite"])
+        progress.step_seconds.append(time.perf_counter() - t_step)
         if progress.writer.active:
             step = epoch * job.steps_per_epoch + k + 1
             rate = float(job.learning_rate(step - 1))
@@ -582,9 +603,12 @@ def _evaluate_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: fl
     """(the epoch's metrics record, the weights it evaluated): BatchNorm recalibrated, then validation and test."""
     from .loops import evaluate, recalibrate_batch_stats
 
-    dataset, dp, sums = job.dataset, job.dp, progress.sums
+    dataset, dp, sums, recipe = job.dataset, job.dp, progress.sums, job.recipe
+    last = progress.epoch + 1 == recipe.epochs
     variables = progress.state.eval_variables()
-    if job.recipe.bn_recalibration_images:
+    # Statistics re-estimated only for the weights something evaluates or keeps for good: an epoch in between
+    # of a recipe that evaluates nothing then saves the moving averages, which a resumed run never reads.
+    if recipe.bn_recalibration_images and (last or dataset.validation is not None or recipe.test_each_epoch):
         variables = recalibrate_batch_stats(
             job.bn_statistics_step, variables, job.calibration_images, job.eval_batch_size, dp
         )
@@ -598,10 +622,14 @@ def _evaluate_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: fl
         record["val_loss"], record["val_accuracy"], _ = evaluate(
             job.eval_step, variables, dataset.validation, job.eval_batch_size, dp
         )
-    if job.recipe.test_each_epoch:
+    if recipe.test_each_epoch:
         record.update(_test_record(job, variables, progress.writer, record["step"]))
     record["seconds"] = time.perf_counter() - t0
+    record["train_seconds"] = train_seconds
     record["train_images_per_s"] = sums["seen"] / train_seconds
+    if progress.step_seconds:  # the first step of a process compiles; the median is the steady step
+        record["first_step_seconds"] = progress.step_seconds[0]
+        record["median_step_seconds"] = statistics.median(progress.step_seconds)
     return record, variables
 
 
@@ -719,18 +747,16 @@ def _train(job: _Job, show_bar: bool, stop: "StopRequest") -> TrainResult:
     )
     if job.config.run.init_from and not job.ckpts.steps():
         _score_start(job, progress)
-    while progress.epoch < recipe.epochs:
-        t0 = time.perf_counter()
-        if not _train_epoch(job, progress, stop, t0, show_bar):
-            last = progress.history[-1] if progress.history else {}
-            return TrainResult(job.run_dir, job.config, progress.history, _final_metrics(last), finished=False)
-        _end_epoch(job, progress, t0, train_seconds=time.perf_counter() - t0)
+    with _heap_frozen():
+        while progress.epoch < recipe.epochs:
+            t0 = time.perf_counter()
+            if not _train_epoch(job, progress, stop, t0, show_bar):
+                last = progress.history[-1] if progress.history else {}
+                return TrainResult(job.run_dir, job.config, progress.history, _final_metrics(last), finished=False)
+            _end_epoch(job, progress, t0, train_seconds=time.perf_counter() - t0)
     kept_step = job.ckpts.manager.best_step()
     job.ckpts.close()
-    if job.config.run.init_from:
-        final = _finish_finetuning(job, progress, kept_step)
-    else:
-        final = progress.history[-1] if progress.history else {}
+    final = _final_record(job, progress, kept_step)
     progress.writer.hparams(job.config.to_dict(), _final_metrics(final), step=int(progress.state.step))
     progress.writer.close()
     if dp.is_primary:
@@ -788,23 +814,17 @@ def _score_start(job: _Job, progress: _Progress) -> None:
     )
 
 
-def _finish_finetuning(job: _Job, progress: _Progress, kept_step) -> Dict[str, Any]:
-    """Say which weights the run keeps (the starting ones when no epoch beat them on the held-out images); with a
-    recipe that does not test every epoch, the test results of those weights."""
+def _final_record(job: _Job, progress: _Progress, kept_step) -> Dict[str, Any]:
+    """The results Result.csv reports: a fine-tuning run's kept weights (it says when they are the starting ones),
+    else the last epoch's; with a recipe that does not test every epoch, the test results of the kept weights."""
     from .checkpoints import restore_variables
 
     history = progress.history
-    start = next((h for h in history if h["epoch"] == 0), None)
-    if start is not None and kept_step == 0:
-        best = max(
-            (h for h in history if h["epoch"] > 0), key=lambda h: (h["val_accuracy"], -h["val_loss"]), default=None
-        )
-        than = f" (best epoch {best['val_accuracy']:.3f})" if best else ""
-        job.say(
-            f"fine-tuning did not beat the starting weights on the {len(job.dataset.validation.labels)} held-out "
-            f"images (accuracy {start['val_accuracy']:.3f}{than}): the run keeps the starting weights"
-        )
-    kept = next((h for h in history if h["step"] == kept_step), None)
+    if job.config.run.init_from:
+        _say_if_start_kept(job, history, kept_step)
+        kept = next((h for h in history if h["step"] == kept_step), None)
+    else:
+        kept = history[-1] if history else None
     if kept is not None and "test_accuracy" in kept:
         return kept
     _, variables, step = restore_variables(job.run_dir)
@@ -816,3 +836,17 @@ def _finish_finetuning(job: _Job, progress: _Progress, kept_step) -> Dict[str, A
         flush=True,
     )
     return {**(kept or (history[-1] if history else {})), **record}
+
+
+def _say_if_start_kept(job: _Job, history, kept_step) -> None:
+    """A fine-tuning run that keeps its starting weights says so."""
+    start = next((h for h in history if h["epoch"] == 0), None)
+    if start is not None and kept_step == 0:
+        best = max(
+            (h for h in history if h["epoch"] > 0), key=lambda h: (h["val_accuracy"], -h["val_loss"]), default=None
+        )
+        than = f" (best epoch {best['val_accuracy']:.3f})" if best else ""
+        job.say(
+            f"fine-tuning did not beat the starting weights on the {len(job.dataset.validation.labels)} held-out "
+            f"images (accuracy {start['val_accuracy']:.3f}{than}): the run keeps the starting weights"
+        )

@@ -41,10 +41,13 @@ def run_train(*args) -> int:
     return train.main([str(a) for a in args])
 
 
+TIMING_KEYS = ("seconds", "train_seconds", "train_images_per_s", "first_step_seconds", "median_step_seconds")
+
+
 def metrics_of(run_dir: Path):
     """A run's metrics.jsonl without the timing fields (which differ between equal runs)."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("seconds", "train_images_per_s")} for r in records]
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 def final_params(run_dir: Path):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from helpers import ROOT, TINY, assert_bitwise_equal, error_line, final_params, metrics_of, run_train
+from signs_jax import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,23 @@ def test_another_seed_gives_other_numbers(reference_run, small_signs, tmp_path):
         == 0
     )
     assert metrics_of(tmp_path / "s1")[0]["train_loss"] != metrics_of(reference_run)[0]["train_loss"]
+
+
+@pytest.mark.slow
+def test_a_recipe_that_tests_once_reports_the_test_accuracy_of_the_weights_it_keeps(small_signs, tmp_path, capsys):
+    """recipe.test_each_epoch false: no test pass per epoch, one at the end on the kept weights; evaluate agrees.
+    Every epoch records its timing (scripts/speedrun.py reads it)."""
+    args = ["--data-dir", small_signs, "--workdir", tmp_path, "--run", "once", "--epochs", 2, *TINY]
+    assert run_train(*args, "--set", "recipe.test_each_epoch=false") == 0
+    run = tmp_path / "once"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and not any("test_accuracy" in r for r in records)
+    assert all(0 < r["median_step_seconds"] <= r["train_seconds"] and r["first_step_seconds"] > 0 for r in records)
+    header, row = (run / "Result.csv").read_text().splitlines()
+    result = dict(zip(header.split(","), row.split(",")))
+    capsys.readouterr()
+    assert evaluate.main(["--weights", str(run), "--data-dir", str(small_signs), "--batch-size", "40", "--json"]) == 0
+    assert float(result["test_accuracy"]) == pytest.approx(json.loads(capsys.readouterr().out)["accuracy"])
 
 
 @pytest.mark.slow
