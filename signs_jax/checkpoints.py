@@ -59,7 +59,7 @@ def model_from_config(model_config: Dict[str, Any]):
         width=model_config["width"],
         stage_sizes=tuple(model_config["stage_sizes"]),
         input_shape=tuple(model_config["input_shape"]),
-        dtype=jnp.dtype(model_config.get("dtype", "float32")),
+        dtype=jnp.dtype(model_config.get("dtype") or "float32"),
         # null: the user chose none, the backend's default; a config written before "conv" existed ran "xla"
         conv=model_config.get("conv", "xla"),
         bn_momentum=model_config.get("bn_momentum", 0.99),

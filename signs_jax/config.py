@@ -48,7 +48,7 @@ def scaled(filters: int, width: float) -> int:
 class ModelConfig:
     width: Optional[float] = None  # filter-count multiplier; None: the starting model's, else 1 (the original)
     stage_sizes: Optional[Tuple[int, ...]] = None  # blocks per stage; None: the starting model's, else 3,4,6,3
-    dtype: str = "float32"  # compute dtype; parameters stay float32
+    dtype: Optional[str] = None  # compute dtype (parameters stay float32); None: the recipe's, else float32
     conv: Optional[str] = None  # xla | matmul; None: the default of the backend the model runs on, wherever
     # From the data (and recorded): the classes and the input the model is built for.
     num_classes: Optional[int] = None
@@ -468,6 +468,8 @@ def validate(config: TrainConfig, label=lambda key: key) -> None:
     recipe, model, data, run = config.recipe, config.model, config.data, config.run
     if not 1 <= recipe.epochs <= MAX_EPOCHS:
         bad("recipe.epochs", recipe.epochs, f"must be between 1 and {MAX_EPOCHS}")
+    if recipe.dtype not in (None, "float32", "bfloat16"):
+        bad("recipe.dtype", recipe.dtype, "choose from float32, bfloat16")
     if not 1 <= recipe.batch_size <= MAX_BATCH_SIZE:
         bad("recipe.batch_size", recipe.batch_size, f"must be between 1 and {MAX_BATCH_SIZE}")
     if not 1 <= run.eval_batch_size <= MAX_BATCH_SIZE:
@@ -529,7 +531,7 @@ def _validate_model(model: ModelConfig, bad) -> None:
         len(model.stage_sizes) != 4 or not all(1 <= n <= MAX_BLOCKS for n in model.stage_sizes)
     ):
         bad("model.stage_sizes", model.stage_sizes, f"expected four block counts between 1 and {MAX_BLOCKS}")
-    if model.dtype not in ("float32", "bfloat16"):
+    if model.dtype not in (None, "float32", "bfloat16"):
         bad("model.dtype", model.dtype, "choose from float32, bfloat16")
     if model.conv is not None and model.conv not in CONV_IMPLEMENTATIONS:
         bad("model.conv", model.conv, f"choose from {', '.join(sorted(CONV_IMPLEMENTATIONS))}")

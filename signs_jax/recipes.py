@@ -15,6 +15,7 @@ class Recipe:
     schedule: str = "constant"  # constant | cosine
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
+    dtype: Optional[str] = None  # compute dtype when the model config names none (None: float32)
     augment: bool = False
     augment_policy: str = "basic"  # basic | photo: see signs_jax/augment.py
     ema_decay: Optional[float] = None  # evaluate an exponential moving average of the weights
@@ -66,6 +67,24 @@ RECIPES = {
         ema_decay=None,
         freeze_conv_bias=True,
         bn_recalibration_images=480,
+    ),
+    # Time to accuracy (docs/speedrun.md): bfloat16, no augmentation (SIGNS's test photos are taken as its
+    # training photos are; augmentation slows the fit more than it helps there), six epochs, and one test pass
+    # at the end instead of one per epoch.
+    "fast": Recipe(
+        epochs=6,
+        batch_size=32,
+        lr=2e-3,
+        optimizer="adamw",
+        weight_decay=0.05,
+        schedule="cosine",
+        warmup_epochs=1.0,
+        label_smoothing=0.1,
+        augment=False,
+        freeze_conv_bias=True,
+        bn_recalibration_images=480,
+        test_each_epoch=False,
+        dtype="bfloat16",
     ),
     # SGD with Nesterov momentum: the classic ResNet recipe.
     "sgd": Recipe(

@@ -110,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-sizes", help="blocks per stage (default: the --init-from model's, else 3,4,6,3, ResNet50)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize image-folder data to H W")
     p.add_argument(
-        "--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: float32; params stay float32)"
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        help="compute dtype (default: the recipe's, bfloat16 for fast, else float32; params stay float32)",
     )
     p.add_argument(
         "--conv",

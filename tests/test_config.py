@@ -139,6 +139,22 @@ def _readme_snippet() -> str:
     return match.group(1)
 
 
+def test_a_recipe_names_its_compute_dtype_and_the_model_config_overrides_it():
+    from types import SimpleNamespace
+
+    from signs_jax.experiment import resolve
+
+    signs = SimpleNamespace(num_classes=6, class_names=tuple("012345"), image_shape=(64, 64, 3))
+    assert resolve(TrainConfig(recipe_name="fast"), signs).model.dtype == "bfloat16"
+    assert resolve(TrainConfig(), signs).model.dtype == "float32"
+    given = TrainConfig(recipe_name="fast", model=ModelConfig(dtype="float32"))
+    assert resolve(given, signs).model.dtype == "float32"
+    assert (
+        train.config_from_args(train.build_parser().parse_args(["--recipe", "fast", "--dtype", "float32"])).model.dtype
+        == "float32"
+    )
+
+
 @pytest.mark.slow
 def test_the_readme_snippet_trains_a_narrow_model_and_prints_its_test_accuracy(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
