@@ -676,7 +676,9 @@ def _end_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float) 
     score = _score(job, record)
     progress.epoch, progress.start, progress.sums = progress.epoch + 1, 0, _no_sums()
     state = progress.state
-    job.ckpts.save(int(state.step), state, job.meta(progress.epoch, 0, progress.sums), score=score, variables=variables)
+    if job.recipe.save_each_epoch or progress.epoch == job.recipe.epochs:
+        meta = job.meta(progress.epoch, 0, progress.sums)
+        job.ckpts.save(int(state.step), state, meta, score=score, variables=variables)
     val = f"  val {record['val_loss']:.4f}/{record['val_accuracy']:.3f}" if "val_loss" in record else ""
     clean = record.get("test_accuracy_no_near_copies")  # None: every test image has a near-copy in train
     test = (

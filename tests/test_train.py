@@ -57,12 +57,15 @@ def test_another_seed_gives_other_numbers(reference_run, small_signs, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_recipe_that_tests_once_reports_the_test_accuracy_of_the_weights_it_keeps(small_signs, tmp_path, capsys):
-    """recipe.test_each_epoch false: no test pass per epoch, one at the end on the kept weights; evaluate agrees.
-    Every epoch records its timing (scripts/speedrun.py reads it)."""
+def test_a_recipe_that_tests_and_saves_once_reports_the_test_accuracy_of_the_weights_it_keeps(
+    small_signs, tmp_path, capsys
+):
+    """recipe.test_each_epoch and save_each_epoch false (as in the fast recipe): no test pass and no checkpoint per
+    epoch, one of each at the end; evaluate agrees. Every epoch records its timing (scripts/speedrun.py reads it)."""
     args = ["--data-dir", small_signs, "--workdir", tmp_path, "--run", "once", "--epochs", 2, *TINY]
-    assert run_train(*args, "--set", "recipe.test_each_epoch=false") == 0
+    assert run_train(*args, "--set", "recipe.test_each_epoch=false", "--set", "recipe.save_each_epoch=false") == 0
     run = tmp_path / "once"
+    assert sorted(p.name for p in (run / "ckpt").iterdir() if p.name.isdigit()) == [str(2 * (160 // 16))]
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and not any("test_accuracy" in r for r in records)
     assert all(0 < r["median_step_seconds"] <= r["train_seconds"] and r["first_step_seconds"] > 0 for r in records)
