@@ -74,10 +74,10 @@ RECIPES = {
         bn_recalibration_images=480,
     ),
     # Time to accuracy (docs/speedrun.md): bfloat16, no augmentation (SIGNS's test photos are taken as its
-    # training photos are; augmentation slows the fit more than it helps there), eight epochs, one test pass
+    # training photos are; augmentation slows the fit more than it helps there), six epochs, one test pass
     # and one checkpoint at the end instead of one per epoch.
     "fast": Recipe(
-        epochs=8,
+        epochs=6,
         batch_size=32,
         lr=2e-3,
         optimizer="adamw",
