@@ -33,6 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from signs_jax.rundir import read_jsonl  # noqa: E402 - the checkout's package, as bench.py finds it
+
 PHASES = ("startup", "compile", "training", "evaluation")
 
 
@@ -73,8 +76,8 @@ def run_once(recipe: str, seed: int, workdir: Path, run: str, log, extra=()) -> 
     run_dir = workdir / run
     with open(run_dir / "Result.csv", newline="") as f:
         result = next(csv.DictReader(f))
-    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    epochs = [e for e in epochs if "train_seconds" in e]  # a fine-tuning run's epoch 0 only scores its start
+    # A fine-tuning run's epoch 0 only scores its start.
+    epochs = [e for e in read_jsonl(run_dir / "metrics.jsonl") if "train_seconds" in e]
     train_seconds = sum(e["train_seconds"] for e in epochs)
     first = epochs[0]
     compile_seconds = max(0.0, first["first_step_seconds"] - first["median_step_seconds"])

@@ -604,11 +604,11 @@ def _evaluate_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: fl
     from .loops import evaluate, recalibrate_batch_stats
 
     dataset, dp, sums, recipe = job.dataset, job.dp, progress.sums, job.recipe
-    last = progress.epoch + 1 == recipe.epochs
     variables = progress.state.eval_variables()
-    # Statistics re-estimated only for the weights something evaluates or keeps for good: an epoch in between
-    # of a recipe that evaluates nothing then saves the moving averages, which a resumed run never reads.
-    if recipe.bn_recalibration_images and (last or dataset.validation is not None or recipe.test_each_epoch):
+    # Statistics re-estimated only for weights that are evaluated or saved (a fast recipe's epochs in between
+    # are neither).
+    used = _saves_epoch(job, progress.epoch + 1) or dataset.validation is not None or recipe.test_each_epoch
+    if recipe.bn_recalibration_images and used:
         variables = recalibrate_batch_stats(
             job.bn_statistics_step, variables, job.calibration_images, job.eval_batch_size, dp
         )
@@ -664,6 +664,11 @@ def _score(job: _Job, record: Dict[str, Any]) -> Optional[float]:
     return record.get("test_accuracy")
 
 
+def _saves_epoch(job: _Job, epoch: int) -> bool:
+    """Whether the end of `epoch` (counted from 1) is checkpointed: every epoch's, or the last one's only."""
+    return job.recipe.save_each_epoch or epoch == job.recipe.epochs
+
+
 def _end_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float) -> None:
     """Evaluate, record the metrics, checkpoint (scored by validation, else test, accuracy), report, plot."""
     from .plots import plot_curves
@@ -676,7 +681,7 @@ def _end_epoch(job: _Job, progress: _Progress, t0: float, train_seconds: float) 
     score = _score(job, record)
     progress.epoch, progress.start, progress.sums = progress.epoch + 1, 0, _no_sums()
     state = progress.state
-    if job.recipe.save_each_epoch or progress.epoch == job.recipe.epochs:
+    if _saves_epoch(job, progress.epoch):
         meta = job.meta(progress.epoch, 0, progress.sums)
         job.ckpts.save(int(state.step), state, meta, score=score, variables=variables)
     val = f"  val {record['val_loss']:.4f}/{record['val_accuracy']:.3f}" if "val_loss" in record else ""
@@ -831,13 +836,14 @@ def _final_record(job: _Job, progress: _Progress, kept_step) -> Dict[str, Any]:
         return kept
     _, variables, step = restore_variables(job.run_dir)
     record = _test_record(job, job.dp.replicate(variables), progress.writer, int(progress.state.step))
-    epoch = next((h["epoch"] for h in history if h["step"] == step), None)
+    restored = next((h for h in history if h["step"] == step), None)
+    epoch = "" if restored is None else f", epoch {restored['epoch']}"
     job.say(
-        f"kept weights (step {step}{'' if epoch is None else f', epoch {epoch}'}): "
-        f"test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}",
+        f"kept weights (step {step}{epoch}): test {record['test_loss']:.4f}/{record['test_accuracy']:.3f}",
         flush=True,
     )
-    return {**(kept or (history[-1] if history else {})), **record}
+    # The validation numbers of the weights tested, not of another epoch.
+    return {**(restored or kept or (history[-1] if history else {})), **record}
 
 
 def _say_if_start_kept(job: _Job, history, kept_step) -> None:
