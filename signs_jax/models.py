@@ -162,8 +162,16 @@ def _dummy_input(model: ResNet, batch: int = 1):
 
 def init_variables(model: ResNet, rng) -> dict:
     """Random `{"params", "batch_stats"}` for `model`, computed in one compiled call (not op by op)."""
-    init = jax.jit(functools.partial(model.init, train=False))
-    return init(rng, _dummy_input(model))
+    return _compiled_init(model)(rng, _dummy_input(model))
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_init(model: ResNet):
+    # Compiling the random initialisers (threefry code for every weight) costs more than they take to run, and
+    # they run once: on the CPU, XLA's backend optimisations are skipped, which leaves the values bit for bit
+    # as they were (tests/test_model.py; times in docs/cold-start.md).
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return jax.jit(functools.partial(model.init, train=False), compiler_options=options)
 
 
 def abstract_variables(model: ResNet) -> dict:

@@ -135,7 +135,10 @@ def test_adapt_replaces_the_batchnorm_statistics_and_nothing_else(keras_loaded, 
     for a, b in zip(np_leaves(adapted), np_leaves(again)):
         np.testing.assert_array_equal(a, b)
     # The first BatchNorm's mean is the mean of conv1's output over the images (channels last), whatever the batching.
-    _, seen = model.apply(variables, images, capture_intermediates=True, mutable=["intermediates"])
+    import jax
+
+    conv1_output = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=["intermediates"]))
+    _, seen = conv1_output(variables, images)
     conv1 = np.asarray(seen["intermediates"]["conv1"]["__call__"][0], np.float64)
     np.testing.assert_allclose(adapted["batch_stats"]["bn_conv1"]["mean"], conv1.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
 

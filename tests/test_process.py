@@ -177,7 +177,7 @@ from signs_jax.recipes import RECIPES
 from signs_jax.steps import create_state, make_eval_step, make_optimizer, make_train_step
 model = signs_jax.ResNet50(width=0.0625, stage_sizes=(1, 1, 1, 1))
 variables = signs_jax.init_variables(model, jax.random.key(0))
-model.apply(variables, np.zeros((2, 64, 64, 3), np.float32))
+jax.jit(model.apply)(variables, np.zeros((2, 64, 64, 3), np.float32))
 recipe = RECIPES["original"].replace(batch_size=2)
 tx = make_optimizer(recipe, 1)
 state, _ = make_train_step(model, tx, recipe)(create_state(variables, tx, 0), np.zeros((2, 64, 64, 3), np.uint8),

@@ -236,8 +236,14 @@ def test_empty_image_folder(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_init_from_keras_h5_replaces_a_head_of_another_class_count(data_dir, tmp_path, capsys):
-    from helpers import KERAS_FILES
+    """A six-class Keras .h5 (a shallow one, written by save_keras_h5: reading real Keras files is tested in
+    test_keras_parity) starts a two-class run: the trunk comes from the file, the Dense head starts fresh."""
+    import jax
 
+    import signs_jax
+
+    model = signs_jax.ResNet50(6, width=0.0625, stage_sizes=(1, 1, 1, 1))
+    h5 = signs_jax.save_keras_h5(tmp_path / "six.h5", signs_jax.init_variables(model, jax.random.key(3)))
     _jpeg_folders(tmp_path / "data", data_dir, classes=(1, 3), size=(64, 64))
     code = run_train(
         "--data-dir",
@@ -249,17 +255,17 @@ def test_init_from_keras_h5_replaces_a_head_of_another_class_count(data_dir, tmp
         "--epochs",
         1,
         "--init-from",
-        KERAS_FILES["keras2_weights"],
-        "--width",
-        "0.125",
-        "--stage-sizes",
-        "3,4,6,3",
-        "--batch-size",
-        "8",
-        "--no-progress",
+        h5,
+        *TINY,
+        "--lr",
+        "1e-9",
     )
     assert code == 0, capsys.readouterr().err
     assert "the Dense head starts fresh" in capsys.readouterr().out
+    start = signs_jax.load_keras_h5(h5)[1]["params"]
+    trained = final_params(tmp_path / "w" / "tl")["params"]
+    assert trained["fc"]["kernel"].shape == (start["fc"]["kernel"].shape[0], 2)
+    np.testing.assert_allclose(trained["res5a"]["branch2b"]["kernel"], start["res5a"]["branch2b"]["kernel"], atol=1e-6)
 
 
 @pytest.mark.slow
