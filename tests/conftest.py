@@ -23,6 +23,15 @@ import pytest  # noqa: E402
 from helpers import FIXTURES, KERAS_FILES  # noqa: E402
 from signs_jax.data import PACKAGED_SIGNS, is_packaged, verify_packaged  # noqa: E402
 
+# The longest tests first: xdist's workers then finish together, instead of one of them waiting for the other
+# to get through a minute-long test it picked up last.
+LONGEST_FIRST = ("test_sweep.py", "test_tutorial.py", "test_parallel.py", "test_finetune.py", "test_explain.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path_factory, monkeypatch):

@@ -66,7 +66,7 @@ def test_a_grid_that_names_two_runs_alike_is_refused():
 def _sweep_process(directory, small_signs):
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "signs_jax.sweep", "tiny", "--seeds", "0", "--workdir", str(directory)]
-    command += ["--grid", "recipe.lr=1e-3,2e-3", "--set", "recipe.epochs=4", "--set", "recipe.batch_size=16"]
+    command += ["--grid", "recipe.lr=1e-3,2e-3", "--set", "recipe.epochs=3", "--set", "recipe.batch_size=16"]
     command += ["--set", f"data.dir={small_signs}", "--set", "model.width=0.0625", "--set", "run.eval_batch_size=40"]
     return subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
@@ -95,7 +95,7 @@ def test_a_killed_sweep_skips_finished_runs_resumes_the_interrupted_one_and_ends
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGKILL)  # the sweep and its train process, mid-run
     first.wait()
-    assert _epochs_done(second_run) < 4 and not (cut / "results.csv").exists()
+    assert _epochs_done(second_run) < 3 and not (cut / "results.csv").exists()
 
     again = _sweep_process(cut, small_signs)
     out, _ = again.communicate(timeout=600)
