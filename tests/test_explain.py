@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import KERAS_MODEL
 from signs_jax import evaluate, explain, predict
 
 QUADRANT = 32  # the label lives in the top-left 32x32 of a 64x64 image
@@ -167,11 +168,11 @@ def test_predict_explain_writes_one_picture_per_photo(phone_jpeg, small_h5, tmp_
 
 
 @pytest.mark.parametrize("where", ["a file", "missing parent"])
-def test_bad_explain_dir_is_one_line_exit_2(phone_jpeg, small_h5, tmp_path, capsys, where):
+def test_bad_explain_dir_is_one_line_exit_2(phone_jpeg, tmp_path, capsys, where):
     target = tmp_path / "x.png" if where == "a file" else tmp_path / "no" / "dir"
     if where == "a file":
         target.write_bytes(b"keep")
-    assert predict.main([str(phone_jpeg), "--weights", small_h5, "--explain", str(target)]) == 2
+    assert predict.main([str(phone_jpeg), "--weights", KERAS_MODEL, "--explain", str(target)]) == 2
     captured = capsys.readouterr()
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {target}: cannot write explanations"), err
