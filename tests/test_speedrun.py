@@ -27,6 +27,8 @@ def test_speedrun_times_whole_training_processes_and_reads_their_results(small_s
         written = next(csv.DictReader(f))
     assert run["test_accuracy"] == float(written["test_accuracy"]) and run["epochs"] == 1
     assert json.loads((run_dir / "config.json").read_text())["model"]["dtype"] == "bfloat16"
-    assert all(run[phase] > 0 for phase in ("startup", "training", "evaluation")) and run["compile"] >= 0
-    assert sum(run[phase] for phase in speedrun.PHASES) == pytest.approx(run["wall"])
+    assert all(run[phase] > 0 for phase in ("startup", "training", "evaluation"))
+    # The compile is the first step's time beyond a steady step: within what the run recorded for that step.
+    (epoch,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert 0 < run["compile"] < epoch["first_step_seconds"] and run["training"] < epoch["train_seconds"]
     assert result["recipes"]["fast"]["wall_median"] == run["wall"]
