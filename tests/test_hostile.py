@@ -466,7 +466,9 @@ def test_a_full_disk_while_recording_an_epoch_says_which_checkpoint_is_kept(smal
     original = experiment.append_jsonl
     monkeypatch.setattr(experiment, "append_jsonl", full_on_the_second)
     capfd.readouterr()
-    code = run_train("--data-dir", small_signs, "--workdir", tmp_path, "--run", "r", "--epochs", 2, *TINY, "--recipe", "original")
+    code = run_train(
+        "--data-dir", small_signs, "--workdir", tmp_path, "--run", "r", "--epochs", 2, *TINY, "--recipe", "original"
+    )
     err = capfd.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1, err
     metrics = tmp_path / "r" / "metrics.jsonl"
