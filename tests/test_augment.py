@@ -76,7 +76,10 @@ def test_the_hand_stays_in_the_frame(seed):
     assert (border > 0.5).sum() == 0  # nothing of the hand is pushed against the frame's edge
 
 
-@pytest.mark.parametrize("policy", POLICIES)
+# The photo policies compile the most: beyond the quick loop, which keeps the basic ones.
+@pytest.mark.parametrize(
+    "policy", [p if p.startswith("basic") else pytest.param(p, marks=pytest.mark.slow) for p in POLICIES]
+)
 def test_every_policy_keeps_shape_dtype_range_and_is_deterministic_per_key(policy):
     x = jax.random.uniform(jax.random.key(0), (8, 64, 64, 3))
     a, b = augment_jit(jax.random.key(1), x, policy), augment_jit(jax.random.key(1), x, policy)
