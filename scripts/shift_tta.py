@@ -31,20 +31,21 @@ def shifted(images: np.ndarray, dy: int, dx: int) -> np.ndarray:
 
 
 def accuracies(run_dir: Path, float32: bool):
-    import jax
     import jax.numpy as jnp
 
-    from signs_jax.checkpoints import read_train_config, restore_variables
+    from signs_jax.calibration import softmax
+    from signs_jax.checkpoints import read_train_config
     from signs_jax.experiment import load_run_data
+    from signs_jax.predict import logits_of
+    from signs_jax.weights import load_weights
 
-    model, variables, _ = restore_variables(run_dir)
+    model, variables = load_weights(str(run_dir))[:2]  # its best checkpoint, as predict and evaluate take it
     if float32:
         model = model.clone(dtype=jnp.float32)
     test = load_run_data(read_train_config(run_dir)).test
     images = np.asarray(test.images, np.float32) / 255.0
-    probabilities = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x).astype(jnp.float32)))
     moves = sorted({move for views in VIEWS.values() for move in views})
-    by_move = {move: np.asarray(probabilities(variables, shifted(images, *move))) for move in moves}
+    by_move = {move: softmax(logits_of(model, variables, shifted(images, *move))) for move in moves}
     return {
         name: float((sum(by_move[m] for m in views).argmax(1) == test.labels).mean()) for name, views in VIEWS.items()
     }
@@ -55,14 +56,16 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories written by signs_jax.train")
     parser.add_argument("--float32", action="store_true", help="compute in float32 whatever the runs trained in")
     args = parser.parse_args(argv)
-    missing = [str(run) for run in args.runs if not (run / "config.json").is_file()]
-    if missing:
-        print(f"error: not a run directory (no config.json): {', '.join(missing)}", file=sys.stderr)
-        return 2
     from signs_jax._runtime import set_up
 
     set_up()
-    table = {run: accuracies(run, args.float32) for run in args.runs}
+    from signs_jax.errors import UserError
+
+    try:
+        table = {run: accuracies(run, args.float32) for run in args.runs}
+    except UserError as err:  # not a run, a run without a checkpoint, its data gone, ...
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for name in VIEWS:
         values = [table[run][name] for run in args.runs]
         each = " ".join(f"{v:.3f}" for v in values)

@@ -50,6 +50,17 @@ def metrics_of(run_dir: Path):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
+def shallow_keras_h5(path: Path, num_classes: int = 6, seed: int = 0) -> Path:
+    """A Keras .h5 of the tiny variant (TINY's width and depth), randomly initialised, written by save_keras_h5:
+    for tests about what the tools do with a .h5, not about reading real Keras files (test_keras_parity)."""
+    import jax
+
+    import signs_jax
+
+    model = signs_jax.ResNet50(num_classes, width=0.0625, stage_sizes=(1, 1, 1, 1))
+    return signs_jax.save_keras_h5(path, signs_jax.init_variables(model, jax.random.key(seed)))
+
+
 def final_params(run_dir: Path):
     """The variables of a run's newest checkpoint."""
     from signs_jax.checkpoints import restore_variables

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import KERAS_MODEL
+from helpers import KERAS_MODEL, shallow_keras_h5
 from signs_jax import evaluate, explain, predict
 
 QUADRANT = 32  # the label lives in the top-left 32x32 of a 64x64 image
@@ -123,14 +123,8 @@ def test_grad_cam_at_stage_5_is_the_classifier_weights_times_the_activation():
 
 @pytest.fixture(scope="module")
 def small_h5(tmp_path_factory):
-    """A shallow six-class Keras .h5: the pictures' tests are about files, not about the model's depth."""
-    import jax
-
-    import signs_jax
-
-    model = signs_jax.ResNet50(6, width=0.0625, stage_sizes=(1, 1, 1, 1))
-    path = tmp_path_factory.mktemp("small_h5") / "small.h5"
-    return str(signs_jax.save_keras_h5(path, signs_jax.init_variables(model, jax.random.key(0))))
+    """The pictures' tests are about files, not about the model's depth."""
+    return str(shallow_keras_h5(tmp_path_factory.mktemp("small_h5") / "small.h5"))
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from helpers import ROOT
+from signs_jax.rundir import read_jsonl
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import speedrun  # noqa: E402
@@ -29,6 +30,6 @@ def test_speedrun_times_whole_training_processes_and_reads_their_results(small_s
     assert json.loads((run_dir / "config.json").read_text())["model"]["dtype"] == "bfloat16"
     assert all(run[phase] > 0 for phase in ("startup", "training", "evaluation"))
     # The compile is the first step's time beyond a steady step: within what the run recorded for that step.
-    (epoch,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    (epoch,) = read_jsonl(run_dir / "metrics.jsonl")
     assert 0 < run["compile"] < epoch["first_step_seconds"] and run["training"] < epoch["train_seconds"]
     assert result["recipes"]["fast"]["wall_median"] == run["wall"]

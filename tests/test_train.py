@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from helpers import ROOT, TINY, assert_bitwise_equal, error_line, final_params, metrics_of, run_train
+from helpers import ROOT, TINY, assert_bitwise_equal, error_line, final_params, metrics_of, run_train, shallow_keras_h5
 from signs_jax import evaluate
 
 
@@ -238,12 +238,9 @@ def test_empty_image_folder(tmp_path, capsys):
 def test_init_from_keras_h5_replaces_a_head_of_another_class_count(data_dir, tmp_path, capsys):
     """A six-class Keras .h5 (a shallow one, written by save_keras_h5: reading real Keras files is tested in
     test_keras_parity) starts a two-class run: the trunk comes from the file, the Dense head starts fresh."""
-    import jax
-
     import signs_jax
 
-    model = signs_jax.ResNet50(6, width=0.0625, stage_sizes=(1, 1, 1, 1))
-    h5 = signs_jax.save_keras_h5(tmp_path / "six.h5", signs_jax.init_variables(model, jax.random.key(3)))
+    h5 = shallow_keras_h5(tmp_path / "six.h5", num_classes=6, seed=3)
     _jpeg_folders(tmp_path / "data", data_dir, classes=(1, 3), size=(64, 64))
     code = run_train(
         "--data-dir",
