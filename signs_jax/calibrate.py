@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from . import cli
+
 NO_VALIDATION = (
     "{run}: no validation split to fit a temperature on (the test set is never used for it): "
     "confidence stays uncalibrated (T = 1); train with --val-fraction to fit one"
@@ -17,7 +19,7 @@ NO_VALIDATION = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m signs_jax.calibrate", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m signs_jax.calibrate", description=__doc__.split("\n\n")[0])
     p.add_argument("run", help="a run directory (its best checkpoint is calibrated)")
     p.add_argument("--batch-size", type=int, default=120, help="images per forward pass (default: %(default)s)")
     return p

@@ -1,5 +1,6 @@
 """Command-line helpers: the flags that choose a model, which data set a tool reads, and how a run records it."""
 
+import argparse
 import os
 from pathlib import Path
 from typing import Optional
@@ -10,6 +11,13 @@ DATA_DIR_ENV = "SIGNS_DATA_DIR"
 LOCAL_DATA_DIR = Path("datasets")
 DATA_DIR_DEFAULTS = f"${DATA_DIR_ENV}, then ./{LOCAL_DATA_DIR} if it holds data, then the SIGNS copy inside the package"
 DATA_DIR_HELP = f"SIGNS h5 pair or image folders (default: {DATA_DIR_DEFAULTS})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose refusal of a flag is one line (argparse's own prints the whole usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def add_weights_arguments(parser) -> None:

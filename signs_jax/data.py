@@ -262,6 +262,8 @@ def _read_h5_split(path: Path, x_key: str, y_key: str) -> Tuple[Split, Optional[
                 raise UserError(f"{path}: {x_key} has shape {x.shape}, expected (N, H, W, 3)")
             if x.dtype != np.uint8:
                 raise UserError(f"{path}: {x_key} has dtype {x.dtype}, expected uint8 pixels")
+            if x.shape[0] == 0:
+                raise UserError(f"{path}: {x_key} holds no images")
             if y.shape not in ((x.shape[0],), (1, x.shape[0]), (x.shape[0], 1)):
                 raise UserError(f"{path}: {y_key} has shape {y.shape}, expected ({x.shape[0]},) labels")
             if not np.issubdtype(y.dtype, np.integer):

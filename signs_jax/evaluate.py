@@ -9,7 +9,7 @@ from . import cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m signs_jax.evaluate",
         description="Evaluate a trained model (default: the best checkpoint of the newest run) or a Keras .h5 on the "
         "SIGNS test set, an h5 pair or image folders.",

@@ -8,6 +8,8 @@ by the weights' calibration temperature) out. How to run each one without signs_
 import argparse
 import sys
 
+from . import cli
+
 FORMATS = ("onnx", "stablehlo", "keras")
 # jax.export lowers for these at once, so one file runs wherever JAX does.
 STABLEHLO_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -16,7 +18,7 @@ MISSING_ONNX = '--format onnx needs the export extra: pip install -e ".[export]"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m signs_jax.export",
         description="Export a trained model: ONNX (onnxruntime and other ONNX runtimes), StableHLO (a serialized "
         "jax.export module: JAX alone runs it) or a Keras 2 weights .h5. ONNX and StableHLO take float32 "

@@ -86,6 +86,8 @@ def check_write_target(path, flag: str, kind: str, inputs: Iterable = ()) -> Pat
             raise UserError(f"{cannot}: it is one of the inputs; choose another file")
     if path.is_dir():
         raise UserError(f"{cannot}: it is a directory; give a file name")
+    if kind == "png" and path.suffix.lower() != ".png":
+        raise UserError(f"{cannot}: the picture is a PNG; give a name ending in .png")
     if kind == "csv" and path.suffix.lower() in IMAGE_SUFFIXES:
         raise UserError(f"{cannot}: the name is an image's; give a .csv name (was the CSV file name left out?)")
     if path.exists() or path.is_symlink():

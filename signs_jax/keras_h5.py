@@ -18,7 +18,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import config
+from . import cli, config
 from .errors import UserError
 
 CONV_WEIGHTS = {"kernel": ("params", "kernel"), "bias": ("params", "bias")}
@@ -350,9 +350,8 @@ def save_keras_h5(path, variables) -> Path:
 
 
 def build_parser():
-    import argparse
 
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m signs_jax.keras_h5",
         description="Check that a Keras ResNet50 .h5 file loads into signs_jax, and optionally re-export it "
         "as a Keras 2 weights file (model.load_weights reads it).",

@@ -20,7 +20,7 @@ MAX_BATCH_SIZE = 1024  # a larger batch only costs memory (the batch is padded a
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m signs_jax.predict",
         description="Classify hand-sign photos with a trained model (default: the best checkpoint of the newest "
         "run under checkpoints/) or a Keras .h5.",
@@ -304,6 +304,7 @@ def validate_args(args) -> None:
 def run(args) -> int:
     import logging
 
+    from .errors import UserError
     from .images import expand_inputs
     from .weights import load_weights
 
@@ -314,7 +315,9 @@ def run(args) -> int:
         print(f"error: {line}", file=sys.stderr)
     weights = load_weights(args.weights, args.workdir)
     names = weights.class_names
-    k = min(args.top_k, len(names))
+    if args.top_k > len(names):
+        raise UserError(f"--top-k {args.top_k}: the model has {len(names)} classes")
+    k = args.top_k
     failed = len(errors)
 
     def report_error(message):

@@ -22,7 +22,7 @@ MISSING_EXTRA = 'serve needs the serve extra: pip install -e ".[serve]"'
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m signs_jax.serve",
         description="A web page and a JSON API that classify hand-sign photos with a trained model (default: the "
         "best checkpoint of the newest run under checkpoints/) or a Keras .h5. Stop it with Ctrl-C.",

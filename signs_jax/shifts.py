@@ -427,7 +427,7 @@ def run_shift_benchmark(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m signs_jax.shifts",
         description="Accuracy on the SIGNS test set under the changes other people's photos bring (lighting, "
         "colour, blur, framing, background, ...), each at severities 1 (mild) to 5 (strong). Shifts: "

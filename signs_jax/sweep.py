@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from . import cli
 from . import config as configuration
 from .config import TrainConfig
 from .errors import UserError
@@ -249,7 +250,7 @@ def plot_settings(table, path: Path, metric: str = "test_accuracy") -> Optional[
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m signs_jax.sweep",
         description="Train every combination of a grid over seeds, each in its own run; started again, skip the "
         "finished runs and resume the interrupted ones; write results.md / results.csv (mean, standard deviation "

@@ -40,7 +40,7 @@ def label(key: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m signs_jax.train",
         description="Train the course ResNet50 on SIGNS (or on image folders). Checkpoints, metrics.jsonl, "
         "curves.png and Result.csv go to <workdir>/<run>/. A run directory counts as a run (one predict and evaluate "

@@ -132,7 +132,8 @@ def h5_pair(root: Path, train_labels, test_labels, classes=("0", "1", "2", "3", 
     root.mkdir(parents=True, exist_ok=True)
     for split, labels in (("train", train_labels), ("test", test_labels)):
         with h5py.File(root / f"{split}_signs.h5", "w") as f:
-            f[f"{split}_set_x"] = np.stack([photo_array(i) for i in range(len(labels))])
+            images = [photo_array(i) for i in range(len(labels))]
+            f[f"{split}_set_x"] = np.stack(images) if images else np.zeros((0, 64, 64, 3), np.uint8)
             f[f"{split}_set_y"] = np.asarray(labels, np.int64)
             f["list_classes"] = np.asarray([int(c) for c in classes])
     return root
@@ -506,3 +507,67 @@ def test_orbax_reads_left_failing_after_a_damaged_restore_log_nothing(caplog):
     loop.close()
     logged = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
     assert len(logged) == 1 and "another failure" in logged[0]  # only orbax's leftovers are dropped
+
+
+# ------------------------------------------------------------- 6. found by scripts/hostile_suite.py, one line each
+
+TOOLS = ("train", "predict", "evaluate", "keras_h5", "export", "serve", "sweep", "calibrate", "shifts")
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_a_flag_argparse_refuses_is_one_line(tool, capsys):
+    import importlib
+
+    module = importlib.import_module(f"signs_jax.{tool}")
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--no-such-flag", "x"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and err[0].endswith(f"signs_jax.{tool} --help)"), err
+
+
+def test_an_unknown_recipe_is_one_line_naming_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        run_train("--recipe", "nope")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--recipe" in err[0] and "nope" in err[0], err
+
+
+def test_an_h5_test_set_without_images_is_one_line_naming_the_file(tmp_path):
+    pair = h5_pair(tmp_path, [0, 1, 2, 3, 4, 5], [])
+    with pytest.raises(UserError, match="test_signs.h5.*no images"):
+        load_dataset(pair)
+
+
+def test_more_top_k_than_classes_is_one_line(tmp_path, capsys):
+    from signs_jax import predict
+
+    path = tmp_path / "p.png"
+    Image.fromarray(photo_array(1)).save(path)
+    assert predict.main([str(path), "--weights", KERAS_MODEL, "--top-k", "7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--top-k 7" in err[0] and "6 classes" in err[0], err
+
+
+@pytest.mark.parametrize("flag", ["--confusion-png", "--reliability-png", "--gallery"])
+def test_a_picture_name_that_is_not_png_is_one_line(flag, tmp_path, capsys):
+    from signs_jax import evaluate
+
+    assert evaluate.main(["--weights", KERAS_MODEL, flag, str(tmp_path / "x.xyz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0] and ".png" in err[0], err
+    assert not list(tmp_path.iterdir())
+
+
+def test_init_from_weights_with_more_blocks_than_the_model_is_refused(small_signs, tmp_path, capsys):
+    import jax
+
+    import signs_jax
+
+    deeper = signs_jax.ResNet50(6, width=0.0625, stage_sizes=(2, 1, 1, 1))
+    source = signs_jax.save_keras_h5(tmp_path / "deeper.h5", signs_jax.init_variables(deeper, jax.random.key(0)))
+    line = error_line(
+        capsys, "--data-dir", small_signs, "--workdir", tmp_path / "w", "--init-from", source, "--epochs", 1, *TINY
+    )
+    assert str(source) in line and "stage" in line
+    assert not (tmp_path / "w").exists() or not list((tmp_path / "w").iterdir())
