@@ -2,7 +2,8 @@
 
     python scripts/faithfulness.py RUN [--images 120] [--fractions 32] [--deletion black blurred] [--json OUT]
 
-For each method of `signs_jax.explain` (Grad-CAM at stages 3, 4 and 5, integrated gradients, SmoothGrad)
+For each method of `signs_jax.explain` (Grad-CAM at stages 3, 4 and 5, integrated gradients, expected gradients,
+SmoothGrad)
 and two random maps (independent pixels; an 8x8 grid upsampled, as coarse as Grad-CAM at stage 3), on
 SIGNS test images of RUN's data, explaining the class the model predicts:
 
@@ -41,6 +42,7 @@ MAP_CHOICES = (
     "gradcam5",
     "integrated_gradients_blurred",
     "integrated_gradients_black",
+    "expected_gradients",
     "smoothgrad",
 )
 MAP_BATCH = 20  # images per map computation (memory: integrated gradients holds a batch's gradients per step)
@@ -194,7 +196,7 @@ def main(argv=None) -> int:
         or integrated gradients' baseline."""
         stage = option if method == "gradcam" else None
         baseline = option if method == "integrated_gradients" else explain.DEFAULT_BASELINE
-        steps = args.ig_steps if method == "integrated_gradients" else args.smoothgrad_samples
+        steps = args.smoothgrad_samples if method == "smoothgrad" else args.ig_steps
         out = []
         for start in range(0, len(images), MAP_BATCH):
             x = np.zeros((MAP_BATCH, *images.shape[1:]), np.float32)
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
         return np.concatenate(out)
 
     rows = [("gradcam", s) for s in explain.STAGES] + [("integrated_gradients", b) for b in explain.BASELINES]
-    rows += [("smoothgrad", None)]
+    rows += [("expected_gradients", None), ("smoothgrad", None)]
     choice = lambda method, option: (
         method + {None: "", "blurred": "_blurred", "black": "_black"}.get(option, str(option))
     )  # noqa: E731

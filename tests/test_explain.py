@@ -57,7 +57,9 @@ def test_default_map_finds_the_quadrant_and_depends_on_the_weights(quadrant_mode
     model, variables, random_variables, images, labels = quadrant_model
     logits = predict.logits_of(model, variables, images.astype(np.float32))
     assert (logits.argmax(1) == labels).mean() >= 0.9  # the model learned the task: its maps can be judged
-    maps = explain.explain(model, variables, images, labels)
+    # Expected gradients' baselines: photos of the task the model learned (for SIGNS models, SIGNS photos).
+    references = quadrant_images(np.random.default_rng(2), 64)[0] / 255.0
+    maps = explain.explain(model, variables, images, labels, references=references)
     assert maps.shape == images.shape[:3] and maps.min() >= 0 and np.allclose(maps.max(axis=(1, 2)), 1)
     quadrants = maps.reshape(len(maps), 2, QUADRANT, 2, QUADRANT).sum(axis=(2, 4)).reshape(len(maps), 4)
     share = quadrants / quadrants.sum(axis=1, keepdims=True)  # [top-left, top-right, bottom-left, bottom-right]
@@ -65,7 +67,7 @@ def test_default_map_finds_the_quadrant_and_depends_on_the_weights(quadrant_mode
     assert np.median(share[:, 0]) > MASS_BOUND, share[:, 0]
     assert share.mean(axis=0).argmax() == 0, share.mean(axis=0)
 
-    random_maps = explain.explain(model, random_variables, images, labels)
+    random_maps = explain.explain(model, random_variables, images, labels, references=references)
     correlation = np.nan_to_num(explain.rank_correlation(maps, random_maps), nan=0.0)
     assert correlation.mean() < RANDOMISED_BOUND, correlation
 
@@ -86,6 +88,13 @@ def test_maps_repeat_for_a_seed(quadrant_model):
     first = explain.smoothgrad(model, variables, x, c, seed=3, samples=4)
     assert np.array_equal(first, explain.smoothgrad(model, variables, x, c, seed=3, samples=4))
     assert not np.allclose(first, explain.smoothgrad(model, variables, x, c, seed=4, samples=4))
+    references = quadrant_images(np.random.default_rng(2), 16)[0] / 255.0
+    eg = explain.expected_gradients(model, variables, x, c, references, seed=3, samples=4)
+    assert np.array_equal(eg, explain.expected_gradients(model, variables, x, c, references, seed=3, samples=4))
+    assert not np.allclose(eg, explain.expected_gradients(model, variables, x, c, references, seed=4, samples=4))
+    # An image's map does not depend on the other images of its batch.
+    alone = explain.expected_gradients(model, variables, x[1:2], c[1:2], references, seed=3, samples=4)
+    np.testing.assert_allclose(alone[0], eg[1], atol=1e-5)
     # The other two methods have no randomness: one compiled setting of each is run twice.
     assert np.array_equal(explain.grad_cam(model, variables, x, c, 5), explain.grad_cam(model, variables, x, c, 5))
     ig = explain.integrated_gradients(model, variables, x, c, steps=4)
@@ -188,3 +197,13 @@ def test_evaluate_gallery_draws_the_misclassified_images(data_dir, small_h5, tmp
     assert result["gallery_png"] == str(gallery) and result["accuracy"] < 1  # there are errors to draw
     with Image.open(gallery) as img:
         assert img.format == "PNG"
+
+
+def test_default_references_are_signs_training_photos_at_the_models_size():
+    from signs_jax.data import load_signs
+
+    native = explain.reference_images((64, 64))
+    assert native.shape == (explain.REFERENCE_IMAGES, 64, 64, 3) and native.dtype == np.float32
+    train = load_signs().train.images.astype(np.float32) / 255.0
+    assert any(np.array_equal(native[1], t) for t in train)  # real photos, not made-up baselines
+    assert explain.reference_images((48, 80)).shape == (explain.REFERENCE_IMAGES, 48, 80, 3)
