@@ -3,12 +3,15 @@
 A finger count survives a horizontal flip, small shifts, rotations and zooms, and lighting changes;
 it does not survive crops that cut fingers off, so shifts and zooms stay small.
 
-Two policies:
+Two policies, and ablations:
 - "basic": flip, shift, rotate, zoom, brightness and contrast (the first default recipe's).
 - "photo": makes SIGNS photos look like photos taken elsewhere. The hand is cut out of its plain
   background (`hand_mask`) and put in front of a generated one (grey or tinted, with a gradient, a
   blotchy texture and the original shadows); then wider geometry (rotations up to 25 degrees, zoom both
   ways, aspect changes), vignetting, white balance, saturation, brightness, contrast and sensor noise.
+Ablations of them, each an opt-in recipe measured in docs/recipes.md: "basic-walls" (basic on images whose
+wall was replaced), "colour-walls" (basic-walls, then grey or desaturated and colour-cast images) and
+"photo-no-background".
 """
 
 import functools
@@ -23,7 +26,7 @@ SCALE_RANGE = (0.9, 1.1)
 BRIGHTNESS = 0.1
 CONTRAST = (0.8, 1.2)
 
-POLICIES = ("basic", "basic-walls", "photo", "photo-no-background")
+POLICIES = ("basic", "basic-walls", "colour-walls", "photo", "photo-no-background")
 
 
 class Geometry(NamedTuple):
@@ -200,11 +203,23 @@ def _photo_one(rng, image, background_probability=BACKGROUND_PROBABILITY):
     return jnp.clip(sensor_noise(k_noise, x), 0.0, 1.0)
 
 
+def _colour_walls_one(rng, image):
+    """basic-walls, then colour the model must not rely on: grey 25 % of the time, else saturation and white balance."""
+    k_walls, k_grey, k_sat, k_wb = jax.random.split(rng, 4)
+    x = _basic_walls_one(k_walls, image)
+    grey = _luma(x)[..., None]
+    factor = jax.random.uniform(k_sat, minval=0.3, maxval=1.3)
+    x = jnp.where(jax.random.bernoulli(k_grey, 0.25), jnp.broadcast_to(grey, x.shape), grey + (x - grey) * factor)
+    gains = jnp.exp(jax.random.uniform(k_wb, (3,), minval=-0.15, maxval=0.15))
+    return jnp.clip(x * gains, 0.0, 1.0)
+
+
 def augment(rng, images, policy: str = "basic"):
     """A randomly transformed batch of [0, 1] images (N, H, W, C), each image its own transform."""
     one = {
         "basic": _basic_one,
         "basic-walls": _basic_walls_one,
+        "colour-walls": _colour_walls_one,
         "photo": _photo_one,
         "photo-no-background": functools.partial(_photo_one, background_probability=0.0),  # an ablation
     }[policy]

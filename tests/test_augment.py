@@ -206,3 +206,15 @@ def test_statistics_images_are_clean_or_one_seeded_augmented_draw():
     assert a.dtype == np.uint8 and a.shape == images.shape
     np.testing.assert_array_equal(a, b)
     assert np.abs(a.astype(int) - images).mean() > 3 and np.abs(a.astype(int) - c).mean() > 3
+
+
+@pytest.mark.slow
+def test_the_colour_walls_policy_greys_about_a_quarter_and_casts_colour_on_the_rest():
+    x = jax.random.uniform(jax.random.key(0), (64, 64, 64, 3))
+    out = np.asarray(augment_jit(jax.random.key(3), x, "colour-walls"))
+    # A grey image under a colour cast keeps one ratio between its channels at every pixel; a coloured one does not.
+    unclipped = ((out > 0.02) & (out < 0.98)).all(axis=-1)
+    ratio_spread = np.array([np.std(o[u][:, 0] / o[u][:, 1]) for o, u in zip(out, unclipped)])
+    grey = ratio_spread < 1e-3
+    assert 0.1 <= grey.mean() <= 0.45, grey.mean()
+    assert ratio_spread[~grey].min() > 0.01
