@@ -3,13 +3,16 @@
 A finger count survives a horizontal flip, small shifts, rotations and zooms, and lighting changes;
 it does not survive crops that cut fingers off, so shifts and zooms stay small.
 
-Two policies, and ablations:
+Policies:
 - "basic": flip, shift, rotate, zoom, brightness and contrast (the first default recipe's).
+- "shift" (the fast recipe's): whole-image shifts only, no flip, rotation or zoom. SIGNS's test photos are
+  taken as its training photos are, always of the same hand: the least change that still keeps a short run
+  from fitting the pixels (docs/speedrun.md).
 - "photo": makes SIGNS photos look like photos taken elsewhere. The hand is cut out of its plain
   background (`hand_mask`) and put in front of a generated one (grey or tinted, with a gradient, a
   blotchy texture and the original shadows); then wider geometry (rotations up to 25 degrees, zoom both
   ways, aspect changes), vignetting, white balance, saturation, brightness, contrast and sensor noise.
-Ablations of them, each an opt-in recipe measured in docs/recipes.md: "basic-walls" (basic on images whose
+Ablations of basic and photo, each an opt-in recipe measured in docs/recipes.md: "basic-walls" (basic on images whose
 wall was replaced), "colour-walls" (basic-walls, then grey or desaturated and colour-cast images) and
 "photo-no-background".
 """
@@ -26,7 +29,7 @@ SCALE_RANGE = (0.9, 1.1)
 BRIGHTNESS = 0.1
 CONTRAST = (0.8, 1.2)
 
-POLICIES = ("basic", "basic-walls", "colour-walls", "photo", "photo-no-background")
+POLICIES = ("basic", "shift", "basic-walls", "colour-walls", "photo", "photo-no-background")
 
 
 class Geometry(NamedTuple):
@@ -40,6 +43,8 @@ class Geometry(NamedTuple):
 
 BASIC_GEOMETRY = Geometry(MAX_SHIFT, MAX_ROTATE_DEG, SCALE_RANGE, 0.0)
 PHOTO_GEOMETRY = Geometry(max_shift=0.1, max_rotate_deg=25.0, scale=(0.85, 1.15), max_aspect=0.1)
+
+SHIFT_ONLY = 0.0625  # the shift policy's largest shift, a fraction of the image size (4 px at 64)
 
 BACKGROUND_PROBABILITY = 0.6  # the rest keep their own background (SIGNS itself stays in the mix)
 BACKGROUND_LEVEL = (0.5, 0.95)  # grey level of a generated background
@@ -182,6 +187,11 @@ def _basic_one(rng, image):
     return jnp.clip(brightness_contrast(k_bright, k_contrast, warped), 0.0, 1.0)
 
 
+def _shift_one(rng, image):
+    shift = jax.random.uniform(rng, (2,), minval=-SHIFT_ONLY, maxval=SHIFT_ONLY)
+    return warp(image, False, 0.0, jnp.ones(2), shift)
+
+
 def _basic_walls_one(rng, image):
     """The basic policy on images whose wall was first replaced (as in the photo policy)."""
     k_use_bg, k_bg, k_basic = jax.random.split(rng, 3)
@@ -218,6 +228,7 @@ def augment(rng, images, policy: str = "basic"):
     """A randomly transformed batch of [0, 1] images (N, H, W, C), each image its own transform."""
     one = {
         "basic": _basic_one,
+        "shift": _shift_one,
         "basic-walls": _basic_walls_one,
         "colour-walls": _colour_walls_one,
         "photo": _photo_one,

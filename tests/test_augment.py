@@ -218,3 +218,17 @@ def test_the_colour_walls_policy_greys_about_a_quarter_and_casts_colour_on_the_r
     grey = ratio_spread < 1e-3
     assert 0.1 <= grey.mean() <= 0.45, grey.mean()
     assert ratio_spread[~grey].min() > 0.01
+
+
+def test_the_shift_policy_only_moves_the_image_a_few_pixels():
+    from signs_jax.augment import SHIFT_ONLY
+
+    x = np.zeros((32, 64, 64, 3), np.float32)
+    x[:, 19:22, 39:42] = 1.0  # a blob right of centre: a flip would take it to x = 23
+    out = np.asarray(augment_jit(jax.random.key(0), jnp.asarray(x), "shift"))[..., 0]
+    ys, xs = np.mgrid[:64, :64]
+    centres = np.stack([(out * ys).sum((1, 2)), (out * xs).sum((1, 2))], 1) / out.sum((1, 2))[:, None]
+    moved = centres - np.array([20.0, 40.0])
+    assert np.abs(moved).max() <= SHIFT_ONLY * 64 + 0.5  # no flip, no rotation about the centre, no zoom
+    assert np.abs(moved).mean() > 0.5 and np.ptp(moved, axis=0).min() > 2  # it does shift, both ways
+    np.testing.assert_allclose(out.sum((1, 2)), 9.0, atol=0.05)  # the blob keeps its mass: nothing scaled
