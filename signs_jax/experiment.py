@@ -252,7 +252,8 @@ def transfer(target, source, name: str):
                 bad.append(f"{'/'.join(keys)} expected {leaf.shape} found {np.shape(src)}")
     extra = ["/".join(k.key for k in path) for path in flat_source if path not in flat_target]
     if extra:  # a deeper or differently built model: its blocks would be dropped without a word
-        bad.append(f"{extra[0]} and {len(extra) - 1} more have no place in the model (other stage sizes?)")
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        bad.append(f"{extra[0]}{more} {'have' if more else 'has'} no place in the model (other stage sizes?)")
     if bad:
         raise UserError(f"{name}: weights do not fit the model: " + ", ".join(bad))
     if kept_head:
