@@ -176,9 +176,11 @@ def _compiled_expected_gradients(model, samples: int):
 
         def add(total, pick_alpha):
             pick, alpha = pick_alpha
-            difference = images - references[pick]
-            path_point = references[pick] + alpha * difference
-            return total + difference * _input_gradients(model, variables, path_point, classes), None
+            reference = references[pick]
+            difference = images - reference
+            return total + difference * _input_gradients(
+                model, variables, reference + alpha * difference, classes
+            ), None
 
         total, _ = jax.lax.scan(add, jnp.zeros_like(images), (picks, alphas))
         return _scaled(jnp.abs((total / samples).sum(axis=-1)))
@@ -305,8 +307,12 @@ def method_name(method: str, stage: Optional[int] = None) -> str:
     """How pictures and tables name a method (and Grad-CAM's stage)."""
     if method == "gradcam":
         return f"Grad-CAM, stage {DEFAULT_STAGE if stage is None else stage}"
-    names = {"integrated_gradients": "integrated gradients", "expected_gradients": "expected gradients"}
-    return {**names, "smoothgrad": "SmoothGrad"}.get(method, method)
+    names = {
+        "integrated_gradients": "integrated gradients",
+        "expected_gradients": "expected gradients",
+        "smoothgrad": "SmoothGrad",
+    }
+    return names.get(method, method)
 
 
 def overlay(image, heatmap, alpha: float = 0.5) -> np.ndarray:

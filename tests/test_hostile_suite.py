@@ -46,3 +46,12 @@ def test_a_success_may_replace_its_outputs_but_must_print_strict_json():
 def test_a_failed_train_that_leaves_a_run_is_caught():
     case = hostile_suite.Case("train", "flags", "train", [], fails=True, no_run_left=True)
     assert any("left a run" in b for b in judged(case, runs=["default-seed0-x"]))
+
+
+def test_a_bad_photo_among_good_ones_must_get_no_class_be_named_and_not_stop_the_others():
+    check = hostile_suite.only_the_bad_photo_refused("bad.jpg", good=2)
+    good = '{"path": "a.jpg", "class": "1"}\n{"path": "b.jpg", "class": "2"}\n'
+    assert check(None, good, "error: bad.jpg: not an image") is None
+    assert "got a class" in check(None, good + '{"path": "bad.jpg", "class": "5"}', "error: bad.jpg: x")
+    assert "does not name" in check(None, good, "error: something")
+    assert "1 of the 2" in check(None, '{"path": "a.jpg", "class": "1"}', "error: bad.jpg: x")
