@@ -178,9 +178,8 @@ def _compiled_expected_gradients(model, samples: int):
             pick, alpha = pick_alpha
             reference = references[pick]
             difference = images - reference
-            return total + difference * _input_gradients(
-                model, variables, reference + alpha * difference, classes
-            ), None
+            gradients = _input_gradients(model, variables, reference + alpha * difference, classes)
+            return total + difference * gradients, None
 
         total, _ = jax.lax.scan(add, jnp.zeros_like(images), (picks, alphas))
         return _scaled(jnp.abs((total / samples).sum(axis=-1)))
