@@ -1,11 +1,12 @@
 """Accuracy of trained models on photos from another source, through predict's own input path.
 
-    python scripts/foreign_photos.py RUN [RUN ...] --photos DIR [--fit crop] [--tta] [--json]
+    python scripts/foreign_photos.py RUN [RUN ...] --photos DIR [--fit crop] [--tta] [--adapt] [--json]
 
 DIR holds one sub-folder per class, named like the model's classes (`0/` ... `5/`): for example the
 sign_digits photos, which are for measuring only and never reach training. Each image is read exactly as
-`python -m signs_jax.predict` reads it with default options (or with `--fit`, `--tta` as given), so the
-numbers are what a user gets. Prints
+`python -m signs_jax.predict` reads it with default options (or with `--fit`, `--tta`, `--adapt` as given, the
+last adapting BatchNorm to all the photos at once, as `predict DIR --adapt` does), so the numbers are what a
+user gets. Prints
 accuracy and recall per class for each run, then the mean and the range over the runs (seeds).
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from signs_jax.framing import DEFAULT_FIT, FITS, TTA_VIEWS  # noqa: E402
 from signs_jax.images import IMAGE_SUFFIXES  # noqa: E402
-from signs_jax.predict import predict_files  # noqa: E402
+from signs_jax.predict import adapted_logits, predict_files, probabilities  # noqa: E402
 from signs_jax.weights import load_weights  # noqa: E402
 
 
@@ -33,14 +34,18 @@ def labelled_photos(folder: Path, class_names):
     return files, np.asarray(labels)
 
 
-def score(weights_spec: str, folder: Path, fit: str = DEFAULT_FIT, tta: bool = False):
+def score(weights_spec: str, folder: Path, fit: str = DEFAULT_FIT, tta: bool = False, adapt: bool = False):
     weights = load_weights(weights_spec)
     files, labels = labelled_photos(folder, weights.class_names)
     if not files:
         raise SystemExit(f"error: {folder}: no photos in class folders named {list(weights.class_names)}")
     views = TTA_VIEWS if tta else None
     start = time.perf_counter()
-    probs = np.stack([p for _, p in predict_files(weights, files, batch_size=32, fit=fit, views=views)])
+    if adapt:
+        pairs, _ = adapted_logits(weights, files, batch_size=32, fit=fit, views=views)
+        probs = np.stack([probabilities(logits, weights.temperature) for _, logits in pairs])
+    else:
+        probs = np.stack([p for _, p in predict_files(weights, files, batch_size=32, fit=fit, views=views)])
     seconds = time.perf_counter() - start
     predicted = probs.argmax(1)
     recall = {
@@ -53,6 +58,7 @@ def score(weights_spec: str, folder: Path, fit: str = DEFAULT_FIT, tta: bool = F
         "photos": len(files),
         "fit": fit,
         "tta": tta,
+        "adapt": adapt,
         "seconds_per_photo": seconds / len(files),  # decoding and forward passes, compilation included
         "accuracy": float((predicted == labels).mean()),
         "recall": recall,
@@ -65,9 +71,10 @@ def main(argv=None) -> int:
     p.add_argument("--photos", required=True, type=Path, help="a folder of class sub-folders")
     p.add_argument("--fit", choices=FITS, default=DEFAULT_FIT, help="as predict's --fit (default: %(default)s)")
     p.add_argument("--tta", action="store_true", help="as predict's --tta")
+    p.add_argument("--adapt", action="store_true", help="as predict's --adapt, over all the photos")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
-    results = [score(spec, args.photos, args.fit, args.tta) for spec in args.weights]
+    results = [score(spec, args.photos, args.fit, args.tta, args.adapt) for spec in args.weights]
     accuracies = [r["accuracy"] for r in results]
     summary = {
         "runs": results,
@@ -82,7 +89,8 @@ def main(argv=None) -> int:
         recalls = "  ".join(f"{k}:{v:.2f}" for k, v in r["recall"].items())
         print(
             f"{r['accuracy']:.3f}  recall {recalls}  ({r['photos']} photos, {r['weights']}, fit {r['fit']}"
-            f"{', tta' if r['tta'] else ''}, {r['seconds_per_photo'] * 1000:.1f} ms/photo)"
+            f"{', tta' if r['tta'] else ''}{', adapt' if r['adapt'] else ''}, "
+            f"{r['seconds_per_photo'] * 1000:.1f} ms/photo)"
         )
     print(
         f"mean {summary['mean_accuracy']:.3f}, range {summary['min_accuracy']:.3f}-{summary['max_accuracy']:.3f} "

@@ -29,9 +29,9 @@ def adapt_batch_norm(
 ) -> Dict[str, Any]:
     """`variables` with every BatchNorm layer's statistics re-estimated on `images` (no labels).
 
-    `images`: (N, H, W, 3), uint8 in [0, 255] or float in [0, 1] (as `load_image` returns them), in a fixed
-    order: the result depends only on the images and their order. N must be at least `min_photos` (lower it only
-    to measure what fewer photos do).
+    `images`: (N, H, W, 3), uint8 in [0, 255] or float in [0, 1] (as `load_image` returns them), in any order:
+    the result depends only on the images. N must be at least `min_photos` (lower it only to measure what fewer
+    photos do).
     """
     import numpy as np
 
@@ -46,8 +46,21 @@ def adapt_batch_norm(
     if images.dtype != np.uint8:
         images = np.asarray(images, np.float32) * 255.0  # the statistics step reads pixels in [0, 255]
     return recalibrate_batch_stats(
-        compiled_statistics_step(model), variables, images, adapt_batches(len(images), batch_size)
+        compiled_statistics_step(model), variables, images[mixed_order(images)], adapt_batches(len(images), batch_size)
     )
+
+
+def mixed_order(images):
+    """An order of `images` that depends on their pixels only: a hash of each image sorts them.
+
+    Training mode normalises each layer's input by its own batch, so the statistics depend on which photos
+    share a batch. Photos in class folders arrive sorted by class, and batches of one class each give
+    statistics that describe no mix of photos the model will see (docs/calibration.md); a content hash mixes
+    them, and any order of the same photos gives the same batches."""
+    import hashlib
+
+    keys = [hashlib.blake2b(image.tobytes(), digest_size=16).digest() for image in images]
+    return sorted(range(len(images)), key=keys.__getitem__)
 
 
 @functools.lru_cache(maxsize=8)

@@ -335,7 +335,9 @@ def run(args) -> int:
     views = TTA_VIEWS if args.tta else None
     with tqdm(total=len(files), unit="img", disable=None, leave=False, file=sys.stderr) as bar:
         if args.adapt:
-            results, adapted_on = _adapted_logits(weights, files, args, batch, report_error, bar)
+            results, adapted_on = adapted_logits(
+                weights, files, args.interpolation, not args.ignore_exif, batch, report_error, bar, args.fit, views
+            )
         else:
             results, adapted_on = (
                 predict_logits(
@@ -390,15 +392,23 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def _adapted_logits(weights, files, args, batch_size, on_error, progress):
-    """--adapt: every photo decoded, BatchNorm statistics re-estimated on all of them, then their logits."""
+def adapted_logits(
+    weights,
+    files,
+    interpolation=DEFAULT_INTERPOLATION,
+    exif=True,
+    batch_size=32,
+    on_error=None,
+    progress=None,
+    fit=DEFAULT_FIT,
+    views=None,
+):
+    """--adapt: every photo decoded, BatchNorm statistics re-estimated on all of them, then their logits.
+    Returns ((path, logits) pairs as `predict_logits` yields them, the number of photos adapted on)."""
     from .adapt import adapt_batch_norm
 
-    views = TTA_VIEWS if args.tta else None
     size = tuple(weights.model.input_shape[:2])
-    paths, images = load_images(
-        files, size, args.interpolation, not args.ignore_exif, on_error, progress, args.fit, views
-    )
+    paths, images = load_images(files, size, interpolation, exif, on_error, progress, fit, views)
     if views is None:
         variables = adapt_batch_norm(weights.model, weights.variables, images)
         return zip(paths, logits_of(weights.model, variables, images, batch_size)), len(paths)
