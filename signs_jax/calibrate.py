@@ -8,7 +8,7 @@ validation split has nothing to fit on and keeps T = 1.
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from . import cli
 
@@ -39,24 +39,30 @@ def validation_split(run_dir: Path):
     return dataset.validation
 
 
-def fit_run(run_dir, batch_size: int = 120) -> Optional[Dict[str, Any]]:
+def fit_run(run_dir, batch_size: int = 120) -> Dict[str, Any]:
     """Fit the temperature of the run's best checkpoint on its validation split and write calibration.json;
-    the record written, or None (nothing written) when the run has no validation split."""
-    from .calibration import calibration_report, fit_temperature, write_calibration
+    the record written. UserError (nothing written) when the run has no validation split or its images
+    cannot decide a temperature."""
+    from .calibration import calibration_report, checked_temperature, write_calibration
     from .checkpoints import restore_variables
+    from .errors import UserError
     from .predict import logits_of
 
     run_dir = Path(run_dir)
     validation = validation_split(run_dir)
     if validation is None:
-        return None
+        raise UserError(NO_VALIDATION.format(run=run_dir))
     model, variables, step = restore_variables(run_dir)
     logits = logits_of(model, variables, validation.images.astype("float32") / 255.0, batch_size)
+    try:
+        temperature = checked_temperature(logits, validation.labels)
+    except ValueError as e:
+        raise UserError(f"{run_dir}: no temperature fitted: {e}; confidence stays uncalibrated (T = 1)") from None
     record = {
         "step": int(step),
         "fitted_on": "validation",
         "examples": int(len(validation.labels)),
-        **calibration_report(logits, validation.labels, fit_temperature(logits, validation.labels)),
+        **calibration_report(logits, validation.labels, temperature),
     }
     write_calibration(run_dir, record)
     return record
@@ -82,10 +88,7 @@ def run(args) -> int:
         raise UserError(f"{run_dir}: not a run directory with a checkpoint")
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
-    record = fit_run(run_dir, args.batch_size)
-    if record is None:
-        raise UserError(NO_VALIDATION.format(run=run_dir))
-    print(f"{run_dir}: {describe(record)}")
+    print(f"{run_dir}: {describe(fit_run(run_dir, args.batch_size))}")
     return 0
 
 

@@ -89,6 +89,19 @@ def fit_temperature(logits, labels, iterations: int = 80) -> float:
     return float(math.exp(-(lo + hi) / 2))
 
 
+def checked_temperature(logits, labels) -> float:
+    """`fit_temperature`, refused (ValueError saying why) when the examples cannot decide a temperature: with
+    every answer right the NLL keeps falling as T falls, and the fit would end at MIN_TEMPERATURE, making every
+    later answer look certain (a fine-tuning run's dozen held-out photos are often all right)."""
+    import numpy as np
+
+    if len(labels) and bool(np.all(np.asarray(logits).argmax(1) == np.asarray(labels))):
+        raise ValueError(
+            f"all {len(labels)} validation images are answered right, which says nothing about how sure to be"
+        )
+    return fit_temperature(logits, labels)
+
+
 def reliability_bins(probs, labels, bins: int = ECE_BINS) -> Dict[str, np.ndarray]:
     """Per equal-width confidence bin: number of examples, mean confidence, accuracy (NaN when empty)."""
     import numpy as np

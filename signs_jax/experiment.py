@@ -790,10 +790,12 @@ def _stored_result(run_dir: Path) -> TrainResult:
 
 def _calibrate(job: _Job) -> None:
     """The best checkpoint's confidence temperature, fitted on the validation split (docs/calibration.md)."""
-    from .calibrate import NO_VALIDATION, describe, fit_run
+    from .calibrate import describe, fit_run
 
-    record = fit_run(job.run_dir, job.eval_batch_size)
-    print(f"calibration: {describe(record)}" if record else f"calibration: {NO_VALIDATION.format(run=job.run_dir)}")
+    try:
+        print(f"calibration: {describe(fit_run(job.run_dir, job.eval_batch_size))}")
+    except UserError as e:
+        print(f"calibration: {e}")
 
 
 def _score_start(job: _Job, progress: _Progress) -> None:

@@ -11,6 +11,7 @@ from helpers import KERAS_MODEL, TINY, json_lines, signs_test_files
 from signs_jax import calibrate, evaluate, predict, train
 from signs_jax.calibration import (
     CALIBRATION_FILE,
+    checked_temperature,
     expected_calibration_error,
     fit_temperature,
     nll,
@@ -44,6 +45,18 @@ def test_fit_recovers_a_known_temperature_and_lowers_ece_and_nll_on_held_out_dat
 def test_an_underconfident_model_gets_a_temperature_below_one():
     logits, labels = _overconfident(0.4, 6000, seed=2)
     assert fit_temperature(logits, labels) == pytest.approx(0.4, rel=0.06)
+
+
+def test_held_out_images_all_answered_right_fit_no_temperature():
+    """Twelve held-out photos of a fine-tuning run, all right: the NLL falls as T falls, so the fit ran to its
+    lower bound (0.05) and every later answer showed 100 % confidence."""
+    logits, labels = _overconfident(1.0, 12, seed=3)
+    labels = logits.argmax(1)
+    with pytest.raises(ValueError, match="all 12 .* right"):
+        checked_temperature(logits, labels)
+    wrong_once = labels.copy()
+    wrong_once[0] = (labels[0] + 1) % 6
+    assert checked_temperature(logits, wrong_once) == fit_temperature(logits, wrong_once)
 
 
 def test_expected_calibration_error_by_hand():
@@ -263,4 +276,22 @@ def test_calibrate_a_run_without_validation_is_one_line(calibrated_run, tmp_path
     assert calibrate.main([str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no validation split" in err[0] and "never" in err[0]
+    assert not (run / CALIBRATION_FILE).exists()
+
+
+@pytest.mark.slow
+def test_calibrate_with_every_validation_image_right_is_one_line(calibrated_run, tmp_path, capsys, monkeypatch):
+    from signs_jax.checkpoints import restore_variables
+    from signs_jax.predict import logits_of
+
+    run = tmp_path / "run"
+    shutil.copytree(calibrated_run, run)
+    (run / CALIBRATION_FILE).unlink()
+    held_out = calibrate.validation_split(run)
+    model, variables, _ = restore_variables(run)
+    answers = logits_of(model, variables, held_out.images.astype("float32") / 255.0).argmax(1)
+    monkeypatch.setattr(calibrate, "validation_split", lambda _run: held_out._replace(labels=answers))
+    assert calibrate.main([str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "right" in err[0] and "T = 1" in err[0]
     assert not (run / CALIBRATION_FILE).exists()
