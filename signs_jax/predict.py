@@ -336,7 +336,15 @@ def run(args) -> int:
     with tqdm(total=len(files), unit="img", disable=None, leave=False, file=sys.stderr) as bar:
         if args.adapt:
             results, adapted_on = adapted_logits(
-                weights, files, args.interpolation, not args.ignore_exif, batch, report_error, bar, args.fit, views
+                weights,
+                files,
+                batch,
+                views,
+                interpolation=args.interpolation,
+                exif=not args.ignore_exif,
+                on_error=report_error,
+                progress=bar,
+                fit=args.fit,
             )
         else:
             results, adapted_on = (
@@ -392,23 +400,14 @@ def run(args) -> int:
     return 1 if failed else 0
 
 
-def adapted_logits(
-    weights,
-    files,
-    interpolation=DEFAULT_INTERPOLATION,
-    exif=True,
-    batch_size=32,
-    on_error=None,
-    progress=None,
-    fit=DEFAULT_FIT,
-    views=None,
-):
-    """--adapt: every photo decoded, BatchNorm statistics re-estimated on all of them, then their logits.
-    Returns ((path, logits) pairs as `predict_logits` yields them, the number of photos adapted on)."""
+def adapted_logits(weights, files, batch_size=32, views=None, **reading):
+    """--adapt: every photo decoded (`reading`: `load_images`'s interpolation, exif, on_error, progress, fit),
+    BatchNorm statistics re-estimated on all of them, then their logits. Returns ((path, logits) pairs as
+    `predict_logits` yields them, the number of photos adapted on)."""
     from .adapt import adapt_batch_norm
 
     size = tuple(weights.model.input_shape[:2])
-    paths, images = load_images(files, size, interpolation, exif, on_error, progress, fit, views)
+    paths, images = load_images(files, size, views=views, **reading)
     if views is None:
         variables = adapt_batch_norm(weights.model, weights.variables, images)
         return zip(paths, logits_of(weights.model, variables, images, batch_size)), len(paths)
