@@ -332,7 +332,6 @@ def restore_variables(run_dir: Path, step: Optional[int] = None) -> Tuple[Any, D
         restored, failure = _restore_step(ckpts, candidate, abstract)
         if failure:
             skipped.append(f"step {candidate} is unreadable ({failure})")
-            _collect_abandoned_coroutines()  # the exception and its frames are gone by now
             continue
         variables = jax.device_get(restored["variables"])
         # Training never saves a non-finite state (it stops first), so NaN here is damage; used, it would
@@ -350,24 +349,24 @@ def restore_variables(run_dir: Path, step: Optional[int] = None) -> Tuple[Any, D
 
 
 def _restore_step(ckpts, step: int, abstract) -> Tuple[Any, Optional[str]]:
-    """(restored items, None), or (None, the name of the error) when the step cannot be read."""
+    """(restored items, None), or (None, the name of the error) when the step cannot be read.
+
+    A restore that fails part-way leaves orbax's reads as coroutines never awaited; Python warns of each when
+    the garbage collector finds it, at a moment of its choosing, beside the one line that says what failed. They
+    are collected here with that warning silenced, once the exception (whose frames hold them) is gone.
+    """
+    import gc
+
     try:
         with quiet_orbax():
             args = ocp.args.Composite(variables=ocp.args.StandardRestore(abstract))
             return ckpts.manager.restore(step, args=args), None
     except Exception as err:  # noqa: BLE001
-        return None, type(err).__name__
-
-
-def _collect_abandoned_coroutines() -> None:
-    """A restore that fails part-way leaves orbax's reads as coroutines never awaited; Python warns of each when
-    the garbage collector finds it, at a moment of its choosing, beside the one line that says what failed.
-    Collected here, with that warning silenced."""
-    import gc
-
+        failure = type(err).__name__
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
         gc.collect()
+    return None, failure
 
 
 def checkpoint_steps(run_dir: Path) -> List[int]:
