@@ -319,6 +319,7 @@ def run(args) -> int:
         raise UserError(f"--top-k {args.top_k}: the model has {len(names)} classes")
     k = args.top_k
     failed = len(errors)
+    answered = uncertain = 0
 
     def report_error(message):
         nonlocal failed
@@ -369,6 +370,7 @@ def run(args) -> int:
             )
         for path, logits in results:
             record = prediction_record(path, logits, weights, args.threshold, k)
+            answered, uncertain = answered + 1, uncertain + record["uncertain"]
             if args.json:
                 print(json.dumps(record), flush=True)
             else:
@@ -393,6 +395,8 @@ def run(args) -> int:
                 )
     if csv_rows is not None:  # only a finished run replaces an existing CSV
         _write_csv(args.csv, csv_rows)
+    if uncertain and not args.json:  # JSON is for programs: its records carry the flag
+        print(uncertain_advice(uncertain, answered), file=sys.stderr)
     if args.explain:  # after the predictions: each map costs a backward pass
         from .explain_pictures import write_explanations
 
@@ -415,6 +419,16 @@ def adapted_logits(weights, files, batch_size=32, views=None, **reading):
     variables = adapt_batch_norm(weights.model, weights.variables, images[:, 0])
     logits = logits_of(weights.model, variables, images.reshape(-1, *size, 3), batch_size * len(views))
     return zip(paths, logits.reshape(len(paths), len(views), -1)), len(paths)
+
+
+def uncertain_advice(uncertain: int, answered: int) -> str:
+    """One line for the end of a prediction with unsure answers: what makes a photo read well (measured on the
+    shift benchmark, docs/shifts.md), since the usual cause is a photo unlike SIGNS's, not a hard hand sign."""
+    return (
+        f"note: {uncertain} of {answered} answers are uncertain; photos read best when you frame the hand so that "
+        "it fills most of a square frame, upright, against a plain light wall, in even light "
+        "(docs/predict.md#taking-a-photo)"
+    )
 
 
 def _write_csv(path, rows) -> None:

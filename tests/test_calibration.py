@@ -121,6 +121,22 @@ def test_the_uncertain_mark_is_in_the_table_json_and_csv(photos, tmp_path, capsy
     assert not any(r["uncertain"] for r in none_marked)
 
 
+def test_uncertain_answers_end_with_one_line_of_advice_on_taking_the_photo(photos, capsys):
+    records = _json(capsys, *photos, "--weights", KERAS_MODEL)
+    threshold = float(np.median([r["raw_confidence"] for r in records]))
+    assert predict.main([*map(str, photos), "--weights", KERAS_MODEL, "--threshold", str(threshold)]) == 0
+    captured = capsys.readouterr()
+    flagged = sum(line.split()[4] == "yes" for line in captured.out.strip().splitlines()[2:])
+    assert 0 < flagged < len(photos)
+    assert captured.err.strip().splitlines() == [predict.uncertain_advice(flagged, len(photos))]
+    assert f"note: {flagged} of {len(photos)} answers are uncertain" in captured.err
+    assert "frame the hand" in captured.err and "docs/predict.md#taking-a-photo" in captured.err
+    # JSON is read by programs (every record carries "uncertain"); nothing to advise when nothing is unsure
+    for extra in (["--json"], ["--threshold", "0"]):
+        assert predict.main([*map(str, photos), "--weights", KERAS_MODEL, *extra]) == 0
+        assert "note: " not in capsys.readouterr().err
+
+
 def test_a_threshold_outside_zero_to_one_is_one_line(photos, capsys):
     for bad in ("1.5", "-0.1", "nan"):
         assert predict.main([str(photos[0]), "--weights", KERAS_MODEL, "--threshold", bad]) == 2
