@@ -13,8 +13,9 @@ Policies:
   blotchy texture and the original shadows); then wider geometry (rotations up to 25 degrees, zoom both
   ways, aspect changes), vignetting, white balance, saturation, brightness, contrast and sensor noise.
 Ablations of basic and photo, each an opt-in recipe measured in docs/recipes.md: "basic-walls" (basic on images whose
-wall was replaced), "colour-walls" (basic-walls, then grey or desaturated and colour-cast images) and
-"photo-no-background".
+wall was replaced), "colour-walls" (basic-walls, then grey or desaturated and colour-cast images),
+"photo-no-background", "walls-scale" (basic-walls zooming 0.75-1.35) and "walls-rc" (basic-walls, then random
+convolutions).
 """
 
 import functools
@@ -29,7 +30,7 @@ SCALE_RANGE = (0.9, 1.1)
 BRIGHTNESS = 0.1
 CONTRAST = (0.8, 1.2)
 
-POLICIES = ("basic", "shift", "basic-walls", "colour-walls", "photo", "photo-no-background")
+POLICIES = ("basic", "shift", "basic-walls", "colour-walls", "walls-rc", "walls-scale", "photo", "photo-no-background")
 
 
 class Geometry(NamedTuple):
@@ -224,6 +225,49 @@ def _colour_walls_one(rng, image):
     return jnp.clip(x * gains, 0.0, 1.0)
 
 
+RANDOM_CONV_SIZES = (1, 3, 5)
+RANDOM_CONV_PROBABILITY = 0.5
+
+
+def random_conv(rng, image):
+    """The image through a random k x k convolution (k = 1, 3 or 5), rescaled to the image's own per-channel
+    mean and spread, mixed with the image in a random proportion: random textures, edges and colours that keep
+    the shapes (random convolutions, as in single-source domain generalisation)."""
+    k_size, k_kernel, k_mix, k_use = jax.random.split(rng, 4)
+    kmax = max(RANDOM_CONV_SIZES)
+    size = jnp.asarray(RANDOM_CONV_SIZES)[jax.random.randint(k_size, (), 0, len(RANDOM_CONV_SIZES))]
+    r = jnp.abs(jnp.arange(kmax) - kmax // 2)
+    inside = ((r[:, None] <= size // 2) & (r[None, :] <= size // 2)).astype(image.dtype)
+    kernel = jax.random.normal(k_kernel, (kmax, kmax, 3, 3)) * inside[..., None, None]
+    kernel = kernel / jnp.sqrt(size * size * 3.0)
+    padded = jnp.pad(image, ((kmax // 2, kmax // 2), (kmax // 2, kmax // 2), (0, 0)), mode="edge")
+    out = jax.lax.conv_general_dilated(
+        padded[None], kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )[0]
+    mean, std = image.mean(axis=(0, 1)), image.std(axis=(0, 1)) + 1e-3
+    out = (out - out.mean(axis=(0, 1))) / (out.std(axis=(0, 1)) + 1e-6) * std + mean
+    alpha = jax.random.uniform(k_mix)
+    mixed = alpha * image + (1.0 - alpha) * out
+    return jnp.where(jax.random.bernoulli(k_use, RANDOM_CONV_PROBABILITY), jnp.clip(mixed, 0.0, 1.0), image)
+
+
+WIDE_SCALE_GEOMETRY = Geometry(MAX_SHIFT, MAX_ROTATE_DEG, (0.75, 1.35), 0.0)
+
+
+def _walls_scale_one(rng, image):
+    """basic-walls with zooms both ways wide enough to cover a hand framed larger or smaller than SIGNS's."""
+    k_use_bg, k_bg, k_flip, k_shift, k_rot, k_scale, k_bright, k_contrast = jax.random.split(rng, 8)
+    replaced = replace_background(k_bg, image, hand_mask(image))
+    x = jnp.where(jax.random.bernoulli(k_use_bg, BACKGROUND_PROBABILITY), replaced, image)
+    x = warp(x, *random_geometry((k_flip, k_shift, k_rot, k_scale, k_scale), WIDE_SCALE_GEOMETRY))
+    return jnp.clip(brightness_contrast(k_bright, k_contrast, x), 0.0, 1.0)
+
+
+def _walls_random_conv_one(rng, image):
+    k_walls, k_conv = jax.random.split(rng)
+    return random_conv(k_conv, _basic_walls_one(k_walls, image))
+
+
 def augment(rng, images, policy: str = "basic"):
     """A randomly transformed batch of [0, 1] images (N, H, W, C), each image its own transform."""
     one = {
@@ -231,6 +275,8 @@ def augment(rng, images, policy: str = "basic"):
         "shift": _shift_one,
         "basic-walls": _basic_walls_one,
         "colour-walls": _colour_walls_one,
+        "walls-rc": _walls_random_conv_one,
+        "walls-scale": _walls_scale_one,
         "photo": _photo_one,
         "photo-no-background": functools.partial(_photo_one, background_probability=0.0),  # an ablation
     }[policy]
