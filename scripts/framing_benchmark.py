@@ -14,7 +14,7 @@ folders with `--photos`, every K-th) becomes a landscape and a portrait frame of
 
 Every frame is written as a PNG and read back through predict's own path (`predict_files`) with each `--fit`,
 so the numbers are what a user gets. `--shifts`: the SIGNS test set under those shifts of `signs_jax.shifts`,
-with and without the `--tta` views (rendered from the 64x64 images there).
+plain, with the `--tta` views and through `--fit hand` (rendered from the 64x64 images there).
 """
 
 import argparse
@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from signs_jax.framing import FITS, TTA_VIEWS, view_images  # noqa: E402
+from signs_jax.framing import FITS, TTA_VIEWS, render_pixels, view_images  # noqa: E402
 from signs_jax.images import IMAGE_SUFFIXES, decode_image  # noqa: E402
 from signs_jax.predict import logits_of, predict_files  # noqa: E402
 from signs_jax.weights import load_weights  # noqa: E402
@@ -99,10 +99,11 @@ def frames_benchmark(weights, images, labels, ratios, fits, views, workdir: Path
                 x = {"wider": wider, "tighter": tighter}[kind](x, RATIOS[ratio_name], orientation == "landscape")
             files.append(folder / f"{i:05d}.png")
             Image.fromarray(x).save(files[-1])
-        for fit in fits if kind != "square" else fits[:1]:  # a square photo is the same under every fit
+        # squash, crop and pad leave a square photo as it is; hand may re-frame it
+        for fit in fits if kind != "square" else fits[:1] + [f for f in fits[1:] if f == "hand"]:
             accuracy = accuracy_of_files(weights, files, labels, fit, views)
             if kind == "square":
-                result["square"] = accuracy
+                result["square" if fit == fits[0] else f"square_{fit}"] = accuracy
             else:
                 result.setdefault(kind, {}).setdefault(ratio_name, {}).setdefault(orientation, {})[fit] = accuracy
             print(f"  {kind:8s} {ratio_name or '':5s} {orientation or '':9s} {fit:6s} {accuracy:.3f}", file=sys.stderr)
@@ -125,8 +126,14 @@ def shifts_benchmark(weights, signs_dir: Path, names) -> dict:
         logits = logits_of(model, variables, views.reshape(n * v, *views.shape[2:]) / np.float32(255), 120)
         return _softmax(logits).reshape(n, v, -1).mean(1)
 
+    def hand(batch):  # each shifted image through --fit hand
+        framed = np.stack(
+            [render_pixels(Image.fromarray(x), x.shape[1::-1], "hand", Image.Resampling.LANCZOS) for x in batch]
+        )
+        return plain(framed.astype(np.float32))
+
     out = {}
-    for label, fn in (("plain", plain), ("tta", tta)):
+    for label, fn in (("plain", plain), ("tta", tta), ("hand", hand)):
         start = time.perf_counter()
         out[label] = run_shift_benchmark(fn, images, labels, 0, names)
         out[label]["seconds"] = time.perf_counter() - start

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_FIT,
         metavar="MODE",
         help="how a photo of another aspect ratio becomes the square input: squash (resize all of it, as Keras), "
-        "crop (centre crop to square) or pad (centre it on a square of its border's median colour) "
+        "crop (centre crop to square), pad (centre it on a square of its border's median colour) or hand (the "
+        "square that frames the hand as SIGNS does, for a hand against a plain wall; else squash) "
         "(default: %(default)s; measured in docs/predict.md)",
     )
     p.add_argument(

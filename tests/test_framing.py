@@ -103,6 +103,71 @@ def test_square_photos_are_the_same_under_every_fit(tmp_path):
         np.testing.assert_array_equal(load_image(path, (32, 32), fit=fit), squash)
 
 
+# ------------------------------------------------------------------------------ --fit hand
+
+WALL = (200, 190, 175)  # a light, warm, plain wall
+SKIN = (190, 120, 90)
+
+
+def hand_on_wall(width: int, height: int, hand_side: int, centre_x: int, fingertips: int) -> np.ndarray:
+    """A plain wall and a skin-coloured hand: a palm disc, four finger bars above it, an arm down to the bottom
+    edge; `hand_side` is about the palm-to-fingertip height."""
+    x = np.empty((height, width, 3), np.uint8)
+    x[:] = WALL
+    ys, xs = np.mgrid[:height, :width]
+    palm_y = fingertips + 0.65 * hand_side
+    skin = (ys - palm_y) ** 2 + (xs - centre_x) ** 2 <= (0.3 * hand_side) ** 2
+    for k in range(4):
+        finger_x = centre_x + (k - 1.5) * 0.14 * hand_side
+        skin |= (np.abs(xs - finger_x) <= 0.05 * hand_side) & (ys >= fingertips) & (ys <= palm_y)
+    skin |= (np.abs(xs - centre_x) <= 0.18 * hand_side) & (ys >= palm_y)
+    x[skin] = SKIN
+    return x
+
+
+def skin_rows_and_share(x):
+    skin = (np.abs(x.astype(int) - SKIN).sum(-1) < 60) & (np.abs(x.astype(int) - WALL).sum(-1) > 60)
+    rows = np.flatnonzero(skin.any(1))
+    return rows[0] / x.shape[0], skin.mean()
+
+
+@pytest.mark.parametrize("size", [(301, 173), (97, 211), (640, 480)], ids=["landscape", "portrait", "4:3"])
+def test_hand_fit_frames_a_small_hand_as_signs_does(tmp_path, size):
+    width, height = size
+    hand = min(width, height) // 3  # a hand far smaller than SIGNS frames it
+    photo = hand_on_wall(width, height, hand, centre_x=int(width * 0.7), fingertips=height - int(1.6 * hand))
+    path = tmp_path / "hand.png"
+    Image.fromarray(photo).save(path)
+    x = (load_image(path, (64, 64), fit="hand") * 255).round().astype(np.uint8)
+    top, share = skin_rows_and_share(x)
+    _, squashed_share = skin_rows_and_share((load_image(path, (64, 64)) * 255).round().astype(np.uint8))
+    # the skin covers about SIGNS's share of the frame (the box is sized from the mask's area), the fingertips lie
+    # about SIGNS's distance below the top, and the hand is no longer the small part of the squashed photo
+    assert share == pytest.approx(framing.SIGNS_HAND_SHARE, rel=0.25)
+    assert top == pytest.approx(framing.SIGNS_FINGERTIPS, abs=0.06)
+    assert share > 2 * squashed_share
+
+
+def test_hand_fit_is_squash_without_a_plain_wall_or_a_hand(tmp_path):
+    rng = np.random.default_rng(0)
+    clutter = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)  # busy borders: the mask cannot be trusted
+    wall = np.full((120, 160, 3), WALL, np.uint8)  # nothing stands out
+    for name, photo in (("clutter", clutter), ("wall", wall)):
+        path = tmp_path / f"{name}.png"
+        Image.fromarray(photo).save(path)
+        assert framing.hand_box(Image.fromarray(photo)) is None
+        np.testing.assert_array_equal(load_image(path, (64, 64), fit="hand"), load_image(path, (64, 64)))
+
+
+def test_hand_fit_puts_the_wall_where_the_box_leaves_the_photo():
+    # the hand at the left edge: the box reaches past it, and that part of the input is the wall's colour
+    photo = hand_on_wall(200, 150, 50, centre_x=12, fingertips=60)
+    x = np.asarray(framing.render(Image.fromarray(photo), (64, 64), "hand"))
+    left, top, right, bottom = framing.hand_box(Image.fromarray(photo))
+    assert left < 0 < right <= 200 and bottom <= 150
+    np.testing.assert_array_equal(x[20:40, 0], np.tile(WALL, (20, 1)))
+
+
 def test_pad_colour_leaves_out_the_bottom_border():
     x = np.zeros((4, 50, 3), np.uint8)
     x[:] = (10, 20, 30)
@@ -233,14 +298,14 @@ def test_bad_fit_is_one_line_exit_2(tmp_path, capsys, flag):
     Image.new("RGB", (5, 7)).save(path)
     assert predict.main([str(path), *flag]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: --fit {flag[1]}: must be one of squash, crop, pad"]
+    assert err == [f"error: --fit {flag[1]}: must be one of squash, crop, pad, hand"]
 
 
 def test_help_names_the_modes_and_the_views(capsys):
     with pytest.raises(SystemExit):
         predict.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "squash" in text and "crop" in text and "pad" in text and "--tta" in text
+    assert "squash" in text and "crop" in text and "pad" in text and "hand" in text and "--tta" in text
     assert json.dumps(len(framing.TTA_VIEWS)) + " views" in text
 
 
