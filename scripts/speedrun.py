@@ -1,6 +1,6 @@
-"""Time to accuracy: whole training processes of the fast and the default recipe, side by side in one run.
+"""Time to accuracy: whole training processes of the fast recipe and the first default (default-v1), side by side.
 
-    python scripts/speedrun.py --seeds 5                  # fast and default, seeds 0-4
+    python scripts/speedrun.py --seeds 5                  # fast and default-v1, seeds 0-4
     python scripts/speedrun.py --seeds 3 --recipes fast --json
 
 Each run is `python -m signs_jax.train --recipe R --seed S` in a fresh process, from its start to its exit
@@ -156,7 +156,7 @@ def _parts(r: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per recipe (default: %(default)s)")
-    p.add_argument("--recipes", nargs="+", default=["fast", "default"], help="recipes to run (default: %(default)s)")
+    p.add_argument("--recipes", nargs="+", default=["fast", "default-v1"], help="recipes to run (default: %(default)s)")
     p.add_argument("--no-warmup", action="store_true", help="count every run (the compilation cache is warm)")
     p.add_argument("--workdir", help="where the runs go (default: a new temporary directory, kept)")
     p.add_argument(

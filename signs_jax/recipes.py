@@ -58,8 +58,8 @@ RECIPES = {
     # The course notebook: model.compile(optimizer='adam', loss='categorical_crossentropy'),
     # model.fit(X_train, Y_train, epochs=2, batch_size=32), L2 0.01 on conv1 and fc kernels.
     "original": Recipe(epochs=2, batch_size=32, lr=1e-3, optimizer="adam", l2=0.01),
-    # Measured best within a few CPU minutes: see docs/recipes.md.
-    "default": Recipe(
+    # The first default, measured best on SIGNS within a few CPU minutes: see docs/recipes.md.
+    "default-v1": Recipe(
         epochs=15,
         batch_size=32,
         lr=2e-3,
@@ -105,9 +105,6 @@ RECIPES = {
         test_each_epoch=False,
     ),
 }
-# The first default (SIGNS-only augmentation, statistics re-estimated on clean images), by the name the
-# ablation in docs/recipes.md compares against; and candidates for a default that generalises beyond SIGNS.
-RECIPES["default-v1"] = RECIPES["default"]
 # Time to accuracy (docs/speedrun.md): the first default's optimiser and schedule in bfloat16, with shifts as the only
 # augmentation (SIGNS's test photos are taken as its training photos are; the default's flips, rotations and lighting
 # slow the fit more than they help there), eight epochs, an average of the weights over about the last 50 steps,
@@ -124,6 +121,11 @@ RECIPES["photo"] = RECIPES["default-v1"].replace(augment_policy="photo")
 RECIPES["photo-bnaug"] = RECIPES["photo"].replace(bn_recalibration_augmented=True)
 RECIPES["photo-long"] = RECIPES["photo"].replace(epochs=20)
 RECIPES["walls"] = RECIPES["default-v1"].replace(augment_policy="basic-walls")
+# The default (docs/recipes.md): walls trained twice as long, in bfloat16. Generated walls behind 60 % of the hands
+# teach it hands rather than SIGNS's wall, and that needs the longer schedule: other people's photos 0.64-0.73 after
+# 15 epochs, 0.77-0.87 after 30 (seeds 0-2).
+RECIPES["default-v2"] = RECIPES["walls"].replace(epochs=30, dtype="bfloat16")
+RECIPES[DEFAULT_RECIPE] = RECIPES["default-v2"]
 RECIPES["colour-walls"] = RECIPES["walls"].replace(augment_policy="colour-walls")
 RECIPES["photo-no-background"] = RECIPES["photo"].replace(augment_policy="photo-no-background")
 RECIPES["walls-scale"] = RECIPES["walls"].replace(augment_policy="walls-scale")

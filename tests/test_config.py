@@ -146,7 +146,8 @@ def test_a_recipe_names_its_compute_dtype_and_the_model_config_overrides_it():
 
     signs = SimpleNamespace(num_classes=6, class_names=tuple("012345"), image_shape=(64, 64, 3))
     assert resolve(TrainConfig(recipe_name="fast"), signs).model.dtype == "bfloat16"
-    assert resolve(TrainConfig(), signs).model.dtype == "float32"
+    assert resolve(TrainConfig(), signs).model.dtype == "bfloat16"  # the default recipe, default-v2
+    assert resolve(TrainConfig(recipe_name="default-v1"), signs).model.dtype == "float32"
     given = TrainConfig(recipe_name="fast", model=ModelConfig(dtype="float32"))
     assert resolve(given, signs).model.dtype == "float32"
     assert (

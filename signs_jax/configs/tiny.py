@@ -12,7 +12,7 @@ from signs_jax.recipes import RECIPES
 
 def get_config() -> TrainConfig:
     return TrainConfig(
-        recipe_name="default",
-        recipe=RECIPES["default"].replace(epochs=4, bn_recalibration_images=240),
+        recipe_name="default-v1",
+        recipe=RECIPES["default-v1"].replace(epochs=4, bn_recalibration_images=240),
         model=ModelConfig(width=0.125, stage_sizes=(1, 1, 1, 1)),
     )
