@@ -396,12 +396,12 @@ def run(args) -> int:
                 )
     if csv_rows is not None:  # only a finished run replaces an existing CSV
         _write_csv(args.csv, csv_rows)
-    if uncertain and not args.json:  # JSON is for programs: its records carry the flag
-        print(uncertain_advice(uncertain, answered), file=sys.stderr)
     if args.explain:  # after the predictions: each map costs a backward pass
         from .explain_pictures import write_explanations
 
         write_explanations(weights, files, args.explain, args.interpolation, not args.ignore_exif)
+    if uncertain and not args.json:  # last, once nothing can fail; JSON is for programs, its records carry the flag
+        print(uncertain_advice(uncertain, answered), file=sys.stderr)
     return 1 if failed else 0
 
 
