@@ -79,13 +79,19 @@ def pad_canvas(width: int, height: int, aspect: float) -> Tuple[int, int, int, i
     return canvas_w, canvas_h, (canvas_w - width) // 2, (canvas_h - height) // 2
 
 
-def pad_colour(pixels) -> Tuple[int, int, int]:
-    """The median colour of the two outermost rows at the top and columns at the left and right."""
+def wall_pixels(pixels):
+    """(N, 3): the two outermost rows at the top and columns at the left and right (the arm enters at the bottom)."""
     import numpy as np
 
     rgb = np.asarray(pixels)
-    border = np.concatenate([rgb[:2].reshape(-1, 3), rgb[:, :2].reshape(-1, 3), rgb[:, -2:].reshape(-1, 3)])
-    return tuple(int(v) for v in np.rint(np.median(border, 0)))
+    return np.concatenate([rgb[:2].reshape(-1, 3), rgb[:, :2].reshape(-1, 3), rgb[:, -2:].reshape(-1, 3)])
+
+
+def pad_colour(pixels) -> Tuple[int, int, int]:
+    """The median colour of the wall pixels (`wall_pixels`)."""
+    import numpy as np
+
+    return tuple(int(v) for v in np.rint(np.median(wall_pixels(pixels), 0)))
 
 
 def hand_box(img, aspect: float = 1.0) -> Optional[Tuple[float, float, float, float]]:
@@ -100,7 +106,7 @@ def hand_box(img, aspect: float = 1.0) -> Optional[Tuple[float, float, float, fl
     small = img.copy()
     small.thumbnail((HAND_WORKING_SIDE, HAND_WORKING_SIDE))
     pixels = np.asarray(small, dtype=np.float32)
-    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
+    border = wall_pixels(pixels)
     if np.abs(border - np.median(border, 0)).mean() > PLAIN_BORDER:
         return None
     mask = hand_mask(pixels[None])[0] > 0.5
