@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import UserError
+from .images import DEFAULT_INTERPOLATION, INTERPOLATIONS
 from .recipes import DEFAULT_RECIPE, FINETUNE_RECIPE, RECIPES, Recipe
 
 # The original model: (blocks, [F1, F2, F3]) for stages 2..5, stride 1 on stage 2 and 2 on the others.
@@ -66,6 +67,11 @@ class DataConfig:
     test_fraction: float = 0.2
     # Hold-outs give at least one image of each class that has two (False only in runs recorded before).
     val_at_least_one: bool = True
+    # Image folders are decoded as predict decodes a photo (its resize filter and JPEG draft decoding), so that a
+    # model trained on photos is later asked with the pixels it learnt from. Runs recorded before these fields
+    # existed trained on RECORDED_FOLDER_DECODING and keep it.
+    interpolation: str = DEFAULT_INTERPOLATION
+    jpeg_draft: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,9 +143,18 @@ def _plain(value):
     return value
 
 
+# How image folders were decoded before DataConfig recorded it: Pillow's bilinear filter, no JPEG draft decoding.
+RECORDED_FOLDER_DECODING = {"interpolation": "bilinear", "jpeg_draft": False}
+
+
 def _upgrade(raw: Dict[str, Any]) -> Dict[str, Any]:
-    """The flat layout of earlier runs (seed, data_dir, val_fraction... at the top) as sections."""
+    """Configs of earlier runs as they read now: the flat layout (seed, data_dir, val_fraction... at the top) as
+    sections, and the folder decoding they trained with where they did not record it."""
     if "run" in raw or isinstance(raw.get("data"), dict):
+        data = dict(raw.get("data") or {})
+        # A run records every data field; a config written by hand may leave some out and gets the defaults.
+        if {"dir", "image_size", "test_fraction"} <= data.keys() and not data.keys() & RECORDED_FOLDER_DECODING.keys():
+            raw = {**raw, "data": {**data, **RECORDED_FOLDER_DECODING}}
         return raw
     recipe = dict(raw.get("recipe") or {})
     if "val_fraction" in raw:
@@ -155,6 +170,7 @@ def _upgrade(raw: Dict[str, Any]) -> Dict[str, Any]:
             "dir": PACKAGED_DATA if raw.get("data_dir") is None else raw["data_dir"],
             "image_size": raw.get("image_size"),
             "val_at_least_one": bool(raw.get("val_at_least_one", False)),
+            **RECORDED_FOLDER_DECODING,
         },
         "run": {
             "seed": raw.get("seed", 0),
@@ -496,6 +512,8 @@ def validate(config: TrainConfig, label=lambda key: key) -> None:
             bad(f"recipe.{key}", getattr(recipe, key), f"choose from {', '.join(allowed)}")
     if not (_finite(recipe.val_fraction) and 0 <= recipe.val_fraction < 1):
         bad("recipe.val_fraction", recipe.val_fraction, "must be at least 0 and below 1")
+    if data.interpolation not in INTERPOLATIONS:
+        bad("data.interpolation", data.interpolation, f"choose from {', '.join(INTERPOLATIONS)}")
     if not (_finite(data.test_fraction) and 0 < data.test_fraction < 1):
         bad("data.test_fraction", data.test_fraction, "must be above 0 and below 1")
     if not 0 <= run.seed <= MAX_SEED:

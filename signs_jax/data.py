@@ -20,7 +20,7 @@ import numpy as np
 
 from . import config
 from .errors import UserError
-from .images import IMAGE_SUFFIXES, ImageError, decode_image
+from .images import DEFAULT_INTERPOLATION, IMAGE_SUFFIXES, ImageError, decode_image
 
 # The SIGNS h5 pair shipped inside the package (see its README.md), and the sha256 of each file as
 # scripts/package_signs.py wrote it: loading the packaged copy checks them, so a damaged install is
@@ -37,14 +37,6 @@ H5_FILES = {
     "test": ("test_signs.h5", "test_set_x", "test_set_y"),
 }
 FLAT_LABEL = re.compile(r"^(\d+)_")
-# How image folders are resized (to --image-size, or to the first training image's size): Pillow's
-# bilinear filter (antialiased when shrinking) without JPEG draft decoding, EXIF orientation applied.
-# That is what training folders used before they shared prediction's decoder, kept so that folder runs
-# started before (and resumed after) see the same pixels. Prediction defaults to lanczos because it
-# shrinks large photos to 64x64; training folders such as SIGNS's jpgs are usually at the model's size
-# already, and then no filter runs at all.
-FOLDER_INTERPOLATION = "bilinear"
-
 # Test images whose RMS pixel distance (0-255 scale) to some training image is at most this are treated
 # as near-copies: the same shot saved twice sits at the JPEG-noise level (3-5), a consecutive frame of
 # the same shot at 6-15, and unrelated photos of the same sign start at about 16.
@@ -166,6 +158,8 @@ def load_dataset(
     *,
     test_fraction: float = DEFAULT_TEST_FRACTION,
     seed: int = 0,
+    interpolation: str = DEFAULT_INTERPOLATION,
+    jpeg_draft: bool = True,
 ) -> Dataset:
     """The data set in `directory`, in the first of these layouts that it has:
 
@@ -175,7 +169,8 @@ def load_dataset(
     - class sub-folders of images and nothing else (`split_class_folders`): `test_fraction` of each class,
       chosen by `seed`, is the test set; `files` names the files of each split.
 
-    `image_size` resizes image folders (default: the first training image's size); h5 images stay as stored.
+    `image_size` resizes image folders (default: the first training image's size) with `interpolation` and
+    `jpeg_draft`, as `images.decode_image` does (by default as predict does); h5 images stay as stored.
     The packaged copy (`PACKAGED_SIGNS`) is checksum-verified first.
     """
     directory = Path(directory)
@@ -191,7 +186,7 @@ def load_dataset(
     test = [p for n, p in sorted(folders.items()) if n.startswith("test")]
     val = [p for n, p in sorted(folders.items()) if n.startswith("val")]
     if train and test:
-        return load_image_folders(train[0], test[0], val[0] if val else None, image_size)
+        return load_image_folders(train[0], test[0], val[0] if val else None, image_size, interpolation, jpeg_draft)
     if train or test:  # half a split: not to be mistaken for a class named "train" or "test"
         raise UserError(
             f"{directory}: has a {(train or test)[0].name}/ folder but no {'test' if train else 'train'}*/ folder "
@@ -199,7 +194,14 @@ def load_dataset(
         )
     if not folders:
         raise UserError(missing_data_message(directory))
-    return load_class_folders(directory, image_size, test_fraction=test_fraction, seed=seed)
+    return load_class_folders(
+        directory,
+        image_size,
+        test_fraction=test_fraction,
+        seed=seed,
+        interpolation=interpolation,
+        jpeg_draft=jpeg_draft,
+    )
 
 
 def _classes(class_names: Sequence[str], indices) -> str:
@@ -342,7 +344,9 @@ def _class_sort_key(name: str):
     return (0, int(name), name) if name.isdigit() else (1, 0, name)
 
 
-def _read_listings(listings, image_size) -> Tuple[Dict[str, Split], Tuple[str, ...], Dict[str, List[Path]]]:
+def _read_listings(
+    listings, image_size, interpolation: str = DEFAULT_INTERPOLATION, jpeg_draft: bool = True
+) -> Tuple[Dict[str, Split], Tuple[str, ...], Dict[str, List[Path]]]:
     """Every listed (file, class) decoded: the splits, the class names, and the files each split kept.
 
     Unreadable files are skipped with one warning each that names the file and says why. `image_size` None:
@@ -364,7 +368,7 @@ def _read_listings(listings, image_size) -> Tuple[Dict[str, Split], Tuple[str, .
         images, labels, paths = [], [], []
         for path, cls in items:
             try:
-                images.append(decode_image(path, image_size, FOLDER_INTERPOLATION, exif=True, draft=False))
+                images.append(decode_image(path, image_size, interpolation, exif=True, draft=jpeg_draft))
                 labels.append(index[cls])
                 paths.append(path)
             except ImageError as err:  # its message names the file and says why
@@ -380,12 +384,14 @@ def _read_listings(listings, image_size) -> Tuple[Dict[str, Split], Tuple[str, .
     return splits, class_names, kept
 
 
-def load_image_folders(train_dir, test_dir, val_dir=None, image_size=None) -> Dataset:
+def load_image_folders(
+    train_dir, test_dir, val_dir=None, image_size=None, interpolation=DEFAULT_INTERPOLATION, jpeg_draft=True
+) -> Dataset:
     """Image folders as a Dataset; unreadable files are skipped with one warning that lists them."""
     listings = {"train": list_images(train_dir), "test": list_images(test_dir)}
     if val_dir is not None:
         listings["validation"] = list_images(val_dir)
-    splits, class_names, _ = _read_listings(listings, image_size)
+    splits, class_names, _ = _read_listings(listings, image_size, interpolation, jpeg_draft)
     warn_missing_classes(class_names, splits["train"].labels, splits["test"].labels, train_dir, test_dir)
     source = f"{Path(train_dir).parent} (image folders)"
     return Dataset(splits["train"], splits["test"], class_names, source, splits.get("validation"))
@@ -419,7 +425,13 @@ def _relative_name(path: Path, directory: Path) -> str:
 
 
 def load_class_folders(
-    directory, image_size=None, *, test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0
+    directory,
+    image_size=None,
+    *,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = 0,
+    interpolation: str = DEFAULT_INTERPOLATION,
+    jpeg_draft: bool = True,
 ) -> Dataset:
     """A folder of class sub-folders, split into train and test by `split_class_folders`.
 
@@ -452,7 +464,7 @@ def load_class_folders(
             f"{directory}: too few images to split off a test set (a class needs two images to give one to it)"
         )
     listings = {"train": [items[i] for i in train_idx], "test": [items[i] for i in test_idx]}
-    splits, class_names, kept = _read_listings(listings, image_size)
+    splits, class_names, kept = _read_listings(listings, image_size, interpolation, jpeg_draft)
     warn_missing_classes(class_names, splits["train"].labels, splits["test"].labels, directory, directory)
     files = {name: tuple(_relative_name(p, directory) for p in paths) for name, paths in kept.items()}
     source = f"{directory} (class folders, test fraction {test_fraction:g}, seed {seed})"
@@ -525,10 +537,25 @@ def check_split(dataset: Dataset, path) -> None:
     )
 
 
-def load_run_test_data(directory, image_size, test_fraction: float, seed: int, split_file=None) -> Dataset:
-    """A run's data as `load_dataset` makes it with the run's `test_fraction` and `seed`, checked against
-    the run's recorded split (`check_split`) when `split_file` is given and exists."""
-    dataset = load_dataset(directory, image_size, test_fraction=test_fraction, seed=seed)
+def load_run_test_data(
+    directory,
+    image_size,
+    test_fraction: float,
+    seed: int,
+    split_file=None,
+    interpolation: str = DEFAULT_INTERPOLATION,
+    jpeg_draft: bool = True,
+) -> Dataset:
+    """A run's data as `load_dataset` makes it with the run's `test_fraction`, `seed` and folder decoding, checked
+    against the run's recorded split (`check_split`) when `split_file` is given and exists."""
+    dataset = load_dataset(
+        directory,
+        image_size,
+        test_fraction=test_fraction,
+        seed=seed,
+        interpolation=interpolation,
+        jpeg_draft=jpeg_draft,
+    )
     if split_file is not None and Path(split_file).is_file():
         check_split(dataset, split_file)
     return dataset

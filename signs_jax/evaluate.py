@@ -4,8 +4,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NamedTuple, Optional
 
 from . import cli
+from .images import DEFAULT_INTERPOLATION
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,22 +97,37 @@ def _data_dir(cli_value, run_dir):
     )
 
 
-def _run_split(run_dir, data_dir, data_dir_given: bool):
-    """(test fraction, seed, split record) with which a run's class-folder data is split again, as training did.
+class RunSplit(NamedTuple):
+    """How `data.load_run_test_data` reads a run's data again: its split and its folder decoding."""
 
-    The split record is checked only when `data_dir` is the run's own data: other data given by --data-dir is
-    split with the run's fraction and seed, but was never recorded. A Keras .h5 (no run) gets the defaults.
+    test_fraction: float
+    seed: int
+    split_file: Optional[Path]
+    interpolation: str = DEFAULT_INTERPOLATION
+    jpeg_draft: bool = True
+
+
+def _run_split(run_dir, data_dir, data_dir_given: bool) -> RunSplit:
+    """The test fraction, seed and split record with which a run's class-folder data is split again, as training
+    did, and the folder decoding it trained with.
+
+    The split record is checked, and the run's decoding used, only when `data_dir` is the run's own data: other
+    data given by --data-dir is split with the run's fraction and seed, but was never recorded, and is decoded as
+    predict decodes photos. A Keras .h5 (no run) gets the defaults.
     """
     from .data import DEFAULT_TEST_FRACTION, SPLIT_FILE
 
     if run_dir is None:
-        return DEFAULT_TEST_FRACTION, 0, None
+        return RunSplit(DEFAULT_TEST_FRACTION, 0, None)
     from .checkpoints import read_train_config
     from .files import same_file
 
     config = read_train_config(run_dir)
     own = not data_dir_given or same_file(Path(data_dir), cli.data_dir(config.data.dir))
-    return config.data.test_fraction, config.run.seed, Path(run_dir) / SPLIT_FILE if own else None
+    if not own:
+        return RunSplit(config.data.test_fraction, config.run.seed, None)
+    data, split_file = config.data, Path(run_dir) / SPLIT_FILE
+    return RunSplit(data.test_fraction, config.run.seed, split_file, data.interpolation, data.jpeg_draft)
 
 
 def run(args) -> int:
@@ -142,8 +159,8 @@ def run(args) -> int:
         check_write_target(args.gallery, "--gallery", "png")
     model = weights.model
     data_dir = _data_dir(args.data_dir, weights.run_dir)
-    test_fraction, seed, split_file = _run_split(weights.run_dir, data_dir, bool(args.data_dir))
-    dataset = load_run_test_data(data_dir, tuple(model.input_shape[:2]), test_fraction, seed, split_file)
+    reading = _run_split(weights.run_dir, data_dir, bool(args.data_dir))
+    dataset = load_run_test_data(data_dir, tuple(model.input_shape[:2]), *reading)
     if dataset.num_classes != model.num_classes:
         raise UserError(f"{data_dir}: {dataset.num_classes} classes, but the model has {model.num_classes}")
     if dataset.image_shape != tuple(model.input_shape):

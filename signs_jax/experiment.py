@@ -177,8 +177,9 @@ def load_run_data(config: TrainConfig, directory: Optional[Path] = None, split_f
     from .data import hold_out_validation, load_run_test_data
 
     directory = Path(directory) if directory is not None else cli.data_dir(config.data.dir)
+    data = config.data
     dataset = load_run_test_data(
-        directory, config.data.image_size, config.data.test_fraction, config.run.seed, split_file
+        directory, data.image_size, data.test_fraction, config.run.seed, split_file, data.interpolation, data.jpeg_draft
     )
     if config.data.val_at_least_one and dataset.validation is not None:
         return dataset  # image folders with their own validation folder

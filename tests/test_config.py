@@ -3,7 +3,9 @@
 import json
 import re
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import ROOT
 from signs_jax import config, train
@@ -165,3 +167,30 @@ def test_the_readme_snippet_trains_a_narrow_model_and_prints_its_test_accuracy(t
     assert accuracy and 0 <= float(accuracy.group(1)) <= 1
     results = list((tmp_path / "checkpoints").glob("*/Result.csv"))
     assert len(results) == 1 and f"{float(accuracy.group(1)):.3f}" in printed
+
+
+def test_runs_recorded_before_folders_decoded_as_predict_keep_their_bilinear_pixels(tmp_path):
+    """A run's data must read the same when it is resumed or calibrated: config.json files written before the
+    folder decoding was recorded trained on Pillow's bilinear filter without JPEG draft decoding."""
+    from signs_jax.experiment import load_run_data
+    from signs_jax.images import decode_image
+
+    assert DataConfig().interpolation == "lanczos" and DataConfig().jpeg_draft is True  # what predict does
+    raw = json.loads(TrainConfig(recipe_name="finetune").with_recipe().to_json())
+    del raw["data"]["interpolation"], raw["data"]["jpeg_draft"]
+    recorded = TrainConfig.from_dict(raw)
+    assert (recorded.data.interpolation, recorded.data.jpeg_draft) == ("bilinear", False)
+    assert TrainConfig.from_dict(FLAT_LAYOUT).data.interpolation == "bilinear"
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        (tmp_path / split / "0").mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(tmp_path / split / "0" / "a.jpg")
+    photo = tmp_path / "test" / "0" / "a.jpg"
+    for cfg, filter_name, draft in ((recorded, "bilinear", False), (TrainConfig().with_recipe(), "lanczos", True)):
+        cfg = cfg.replace(**{"data.image_size": (64, 64), "recipe.val_fraction": 0.0})
+        dataset = load_run_data(cfg, tmp_path)
+        np.testing.assert_array_equal(dataset.test.images[0], decode_image(photo, (64, 64), filter_name, draft=draft))
+    assert not np.array_equal(
+        decode_image(photo, (64, 64), "bilinear", draft=False), decode_image(photo, (64, 64), "lanczos")
+    )

@@ -272,12 +272,15 @@ def write_config(run: Path, cfg) -> Path:
 
 def test_evaluate_splits_with_the_runs_fraction_and_seed(folder, tmp_path):
     run = write_config(tmp_path / "old", {"seed": 3, "data_dir": str(folder)})
-    assert evaluate._run_split(run, folder, data_dir_given=False) == (0.2, 3, run / data.SPLIT_FILE)
+    # decoded as the run trained: runs recorded before the decoding was, with the bilinear filter
+    assert evaluate._run_split(run, folder, data_dir_given=False) == (0.2, 3, run / data.SPLIT_FILE, "bilinear", False)
     run = write_config(tmp_path / "new", {"data": {"test_fraction": 0.3, "dir": str(folder)}, "run": {"seed": 5}})
-    assert evaluate._run_split(run, folder, data_dir_given=False) == (0.3, 5, run / data.SPLIT_FILE)
+    assert evaluate._run_split(run, folder, data_dir_given=False) == (0.3, 5, run / data.SPLIT_FILE, "lanczos", True)
     assert evaluate._run_split(run, folder, data_dir_given=True)[2] == run / data.SPLIT_FILE  # the same folder
-    assert evaluate._run_split(run, tmp_path / "other", data_dir_given=True) == (0.3, 5, None)  # not recorded
-    assert evaluate._run_split(None, folder, data_dir_given=True) == (data.DEFAULT_TEST_FRACTION, 0, None)
+    # other data: not recorded, and decoded as predict decodes photos
+    assert evaluate._run_split(run, tmp_path / "other", data_dir_given=True) == (0.3, 5, None, "lanczos", True)
+    no_run = (data.DEFAULT_TEST_FRACTION, 0, None, "lanczos", True)
+    assert evaluate._run_split(None, folder, data_dir_given=True) == no_run
 
 
 def test_calibration_holds_validation_out_of_the_runs_own_training_part(folder, tmp_path):
