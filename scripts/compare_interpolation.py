@@ -1,6 +1,12 @@
-"""Which resize filter brings a large photo closest to the 64x64 training pixels? (picks predict's default)
+"""Which resize filter should predict use? (picks predict's default: docs/interpolation.md)
 
     python scripts/compare_interpolation.py [--data-dir DIR] [--scale 24] [--weights RUN_OR_H5]
+    python scripts/compare_interpolation.py --photos DIR --weights RUN [RUN ...]
+
+With --photos: the accuracy of each run on real labelled photos (class folders, e.g. sign_digits) read with each
+filter, as predict reads them; then the mean over the runs.
+
+Otherwise, closest to the 64x64 training pixels:
 
 Synthetic large photos: each SIGNS test image is enlarged `--scale` times (`--enlarge`, bicubic), given sensor
 noise (Gaussian, sigma `--noise` grey levels per full-size pixel) and saved as a JPEG (quality 92),
@@ -26,12 +32,32 @@ from signs_jax.images import load_image  # noqa: E402
 METHODS = [  # (label, interpolation, JPEG draft decoding)
     ("nearest (Keras load_img)", "nearest", False),
     ("area, full decode", "area", False),
-    ("area + JPEG draft", "area", True),
-    ("bilinear + JPEG draft", "bilinear", True),
-    ("bicubic + JPEG draft", "bicubic", True),
+    ("area + draft", "area", True),
+    ("bilinear + draft (default)", "bilinear", True),
+    ("bicubic + draft", "bicubic", True),
     ("lanczos, full decode", "lanczos", False),
-    ("lanczos + JPEG draft (default)", "lanczos", True),
+    ("lanczos + draft", "lanczos", True),
 ]
+
+
+def photo_accuracy(photos: Path, runs) -> None:
+    """Each run's accuracy on the labelled photos in `photos` (class folders), per filter, and the mean."""
+    from signs_jax.predict import predict_files
+    from signs_jax.weights import load_weights
+
+    files = sorted(f for f in photos.glob("*/*") if f.is_file())
+    labels = np.array([int(f.parent.name) for f in files])
+    print(f"{len(files)} photos in {photos}")
+    print(f"{'filter':30s} " + " ".join(f"{Path(run).name[-12:]:>12s}" for run in runs) + f" {'mean':>7s}")
+    weights = [load_weights(run) for run in runs]
+    for label, interpolation, draft in METHODS:
+        if not draft and interpolation != "nearest" and any(m[1] == interpolation and m[2] for m in METHODS):
+            continue  # full decode and draft read photos of this size alike; the draft row stands for both
+        scores = []
+        for w in weights:
+            predicted = [int(np.argmax(p)) for _, p in predict_files(w, files, interpolation=interpolation)]
+            scores.append(float((np.array(predicted) == labels).mean()))
+        print(f"{label:30s} " + " ".join(f"{a:12.3f}" for a in scores) + f" {np.mean(scores):7.3f}", flush=True)
 
 
 def enlarge(image: np.ndarray, scale: int, noise: float, rng, filter="bicubic") -> Image.Image:
@@ -53,8 +79,18 @@ def main():
         choices=["bicubic", "bilinear", "lanczos"],
         help="how the synthetic photos are enlarged (the scene between the 64x64 pixels)",
     )
-    p.add_argument("--weights", help="also report accuracy with this model (run directory or Keras .h5)")
+    p.add_argument(
+        "--weights",
+        nargs="+",
+        help="also report accuracy with this model (run directory or Keras .h5); with --photos: runs",
+    )
+    p.add_argument("--photos", type=Path, help="labelled photos in class folders: accuracy per filter of --weights")
     args = p.parse_args()
+    if args.photos:
+        if not args.weights:
+            p.error("--photos needs --weights")
+        photo_accuracy(args.photos, args.weights)
+        return
 
     with h5py.File(Path(data_dir(args.data_dir)) / "test_signs.h5", "r") as f:
         originals = np.asarray(f["test_set_x"])[: args.images]
@@ -74,7 +110,7 @@ def main():
 
         from signs_jax.weights import load_weights
 
-        w = load_weights(args.weights)
+        w = load_weights(args.weights[0])
         forward = jax.jit(lambda x: jax.nn.softmax(w.model.apply(w.variables, x)))
         print(
             "accuracy on the original 64x64 pixels: "

@@ -173,9 +173,9 @@ def test_runs_recorded_before_folders_decoded_as_predict_keep_their_bilinear_pix
     """A run's data must read the same when it is resumed or calibrated: config.json files written before the
     folder decoding was recorded trained on Pillow's bilinear filter without JPEG draft decoding."""
     from signs_jax.experiment import load_run_data
-    from signs_jax.images import decode_image
+    from signs_jax.images import DEFAULT_INTERPOLATION, decode_image
 
-    assert DataConfig().interpolation == "lanczos" and DataConfig().jpeg_draft is True  # what predict does
+    assert (DataConfig().interpolation, DataConfig().jpeg_draft) == (DEFAULT_INTERPOLATION, True)  # what predict does
     raw = json.loads(TrainConfig(recipe_name="finetune").with_recipe().to_json())
     del raw["data"]["interpolation"], raw["data"]["jpeg_draft"]
     recorded = TrainConfig.from_dict(raw)
@@ -187,10 +187,9 @@ def test_runs_recorded_before_folders_decoded_as_predict_keep_their_bilinear_pix
         (tmp_path / split / "0").mkdir(parents=True)
         Image.fromarray(rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)).save(tmp_path / split / "0" / "a.jpg")
     photo = tmp_path / "test" / "0" / "a.jpg"
-    for cfg, filter_name, draft in ((recorded, "bilinear", False), (TrainConfig().with_recipe(), "lanczos", True)):
+    new = TrainConfig().with_recipe()
+    for cfg, filter_name, draft in ((recorded, "bilinear", False), (new, DEFAULT_INTERPOLATION, True)):
         cfg = cfg.replace(**{"data.image_size": (64, 64), "recipe.val_fraction": 0.0})
         dataset = load_run_data(cfg, tmp_path)
         np.testing.assert_array_equal(dataset.test.images[0], decode_image(photo, (64, 64), filter_name, draft=draft))
-    assert not np.array_equal(
-        decode_image(photo, (64, 64), "bilinear", draft=False), decode_image(photo, (64, 64), "lanczos")
-    )
+    assert not np.array_equal(decode_image(photo, (64, 64), "bilinear", draft=False), decode_image(photo, (64, 64)))

@@ -10,6 +10,7 @@ from PIL import Image
 
 from signs_jax import cli, data, evaluate
 from signs_jax.errors import UserError
+from signs_jax.images import DEFAULT_INTERPOLATION
 
 CLASSES = ("cat", "dog", "fox")
 PER_CLASS = 7
@@ -275,11 +276,23 @@ def test_evaluate_splits_with_the_runs_fraction_and_seed(folder, tmp_path):
     # decoded as the run trained: runs recorded before the decoding was, with the bilinear filter
     assert evaluate._run_split(run, folder, data_dir_given=False) == (0.2, 3, run / data.SPLIT_FILE, "bilinear", False)
     run = write_config(tmp_path / "new", {"data": {"test_fraction": 0.3, "dir": str(folder)}, "run": {"seed": 5}})
-    assert evaluate._run_split(run, folder, data_dir_given=False) == (0.3, 5, run / data.SPLIT_FILE, "lanczos", True)
+    assert evaluate._run_split(run, folder, data_dir_given=False) == (
+        0.3,
+        5,
+        run / data.SPLIT_FILE,
+        DEFAULT_INTERPOLATION,
+        True,
+    )
     assert evaluate._run_split(run, folder, data_dir_given=True)[2] == run / data.SPLIT_FILE  # the same folder
     # other data: not recorded, and decoded as predict decodes photos
-    assert evaluate._run_split(run, tmp_path / "other", data_dir_given=True) == (0.3, 5, None, "lanczos", True)
-    no_run = (data.DEFAULT_TEST_FRACTION, 0, None, "lanczos", True)
+    assert evaluate._run_split(run, tmp_path / "other", data_dir_given=True) == (
+        0.3,
+        5,
+        None,
+        DEFAULT_INTERPOLATION,
+        True,
+    )
+    no_run = (data.DEFAULT_TEST_FRACTION, 0, None, DEFAULT_INTERPOLATION, True)
     assert evaluate._run_split(None, folder, data_dir_given=True) == no_run
 
 
