@@ -4,7 +4,7 @@ training hands, for 30 epochs of batch 32 in bfloat16.
 
 Command: python -m signs_jax.train --config default      (the same as `python -m signs_jax.train`)
 Expect:  SIGNS test accuracy 0.975 / 0.992 / 0.992 for seeds 0 / 1 / 2; other people's photos
-         (scripts/foreign_photos.py, sign_digits) 0.865 / 0.846 / 0.770; 470-600 s of training on 2 free CPU
+         (scripts/foreign_photos.py, sign_digits) 0.903 / 0.866 / 0.825; 470-600 s of training on 2 free CPU
          cores (docs/recipes.md).
 """
 
