@@ -25,7 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from foreign_photos import labelled_photos  # noqa: E402
 
 from signs_jax.adapt import adapt_batch_norm  # noqa: E402
-from signs_jax.calibration import DEFAULT_THRESHOLD, calibration_report, softmax, uncertainty_score  # noqa: E402
+from signs_jax.calibration import (  # noqa: E402
+    DEFAULT_THRESHOLD,
+    calibration_report,
+    expected_calibration_error,
+    softmax,
+    uncertainty_score,
+)
 from signs_jax.images import IMAGE_SUFFIXES  # noqa: E402
 from signs_jax.predict import load_images, logits_of, predict_logits  # noqa: E402
 from signs_jax.weights import load_weights  # noqa: E402
@@ -80,6 +86,13 @@ def main(argv=None) -> int:
         "--adapt",
         action="store_true",
         help="score --photos as `predict --adapt` on their folder would (BatchNorm re-estimated on them)",
+    )
+    p.add_argument(
+        "--temperatures",
+        type=float,
+        nargs="+",
+        default=[1.0, 0.9, 0.8, 0.7, 0.6],
+        help="also report the ECE of the SIGNS test set and --photos at each of these temperatures",
     )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -136,6 +149,10 @@ def main(argv=None) -> int:
         }
     result["default"] = at("raw_confidence", DEFAULT_THRESHOLD)
     result["calibration"] = {k: calibration_report(sets[k][0], sets[k][1], T) for k in ("signs_test", "photos")}
+    result["ece_by_temperature"] = {
+        k: {t: expected_calibration_error(softmax(sets[k][0], t), sets[k][1]) for t in args.temperatures}
+        for k in ("signs_test", "photos")
+    }
     if args.png:
         plot(sets, T, args.png, result)
     if args.json:
@@ -147,6 +164,8 @@ def main(argv=None) -> int:
             f"  {k}: ECE {c['ece_before']:.4f} at T = 1, {c['ece_after']:.4f} at T = {T:.3g}; "
             f"NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}"
         )
+        by_t = result["ece_by_temperature"][k]
+        print("    ECE by temperature: " + "  ".join(f"T = {t:g}: {e:.3f}" for t, e in by_t.items()))
 
     def line(label, row):
         kept_accuracy = lambda k: "-" if row[k] is None else f"{row[k]:.3f}"  # noqa: E731
