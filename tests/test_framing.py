@@ -15,6 +15,8 @@ from helpers import json_lines
 from signs_jax import framing, load_image, predict
 from signs_jax.weights import Weights
 
+DEFAULT_FILTER = Image.Resampling.BILINEAR  # predict's default resize filter (docs/interpolation.md)
+
 GREY = (128, 128, 128)
 GREEN = (0, 200, 0)
 RED = (220, 0, 0)
@@ -201,8 +203,8 @@ def expected_views(path, width, height, fit, size=8):
         box = ((width - s) / 2, (height - s) / 2, (width + s) / 2, (height + s) / 2)
     cx, cy, hw, hh = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
     inner = (cx - 0.9 * hw, cy - 0.9 * hh, cx + 0.9 * hw, cy + 0.9 * hh)
-    whole = np.asarray(img.resize((size, size), Image.Resampling.LANCZOS, box=box), np.float32)
-    zoom = np.asarray(img.resize((size, size), Image.Resampling.LANCZOS, box=inner), np.float32)
+    whole = np.asarray(img.resize((size, size), DEFAULT_FILTER, box=box), np.float32)
+    zoom = np.asarray(img.resize((size, size), DEFAULT_FILTER, box=inner), np.float32)
     return np.stack([whole, whole[:, ::-1], zoom, zoom[:, ::-1]]) / 255
 
 
@@ -288,7 +290,7 @@ def test_cli_default_is_squash_without_tta(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(signs_jax.weights, "load_weights", lambda *a, **k: weights)
     assert predict.main([str(path), "--json"]) == 0
     (record,) = json_lines(capsys.readouterr().out)
-    image = np.asarray(Image.open(path).resize((8, 8), Image.Resampling.LANCZOS), np.float32)[None] / 255
+    image = np.asarray(Image.open(path).resize((8, 8), DEFAULT_FILTER), np.float32)[None] / 255
     np.testing.assert_allclose(record["probabilities"], softmax(halves_logits(image, 5.0))[0], atol=2e-5)
 
 
