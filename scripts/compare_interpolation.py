@@ -42,17 +42,18 @@ METHODS = [  # (label, interpolation, JPEG draft decoding)
 
 def photo_accuracy(photos: Path, runs) -> None:
     """Each run's accuracy on the labelled photos in `photos` (class folders), per filter, and the mean."""
+    from foreign_photos import labelled_photos
+
     from signs_jax.predict import predict_files
     from signs_jax.weights import load_weights
 
-    files = sorted(f for f in photos.glob("*/*") if f.is_file())
-    labels = np.array([int(f.parent.name) for f in files])
+    weights = [load_weights(run) for run in runs]
+    files, labels = labelled_photos(photos, weights[0].class_names)
     print(f"{len(files)} photos in {photos}")
     print(f"{'filter':30s} " + " ".join(f"{Path(run).name[-12:]:>12s}" for run in runs) + f" {'mean':>7s}")
-    weights = [load_weights(run) for run in runs]
     for label, interpolation, draft in METHODS:
-        if not draft and interpolation != "nearest" and any(m[1] == interpolation and m[2] for m in METHODS):
-            continue  # full decode and draft read photos of this size alike; the draft row stands for both
+        if not draft and interpolation != "nearest":
+            continue  # predict always decodes JPEGs in draft: the "full decode" rows are the synthetic study's
         scores = []
         for w in weights:
             predicted = [int(np.argmax(p)) for _, p in predict_files(w, files, interpolation=interpolation)]

@@ -8,7 +8,7 @@ parameters on `train/` as the `finetune` recipe does (BatchNorm in inference mod
 augmentation, label smoothing 0.1; no held-out part, no guard) and reports test accuracy after 1, 3, 9, 15, 30,
 45, 90 and 150 steps, split by file number: photos numbered below --same-below are the training photos' own
 photo shoot, the others other people's shoots (sign_digits's first files are one shoot). Photos are read as
-predict reads them.
+predict reads them (`predict.load_images`), and listed by `foreign_photos.labelled_photos`.
 """
 
 import argparse
@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from foreign_photos import labelled_photos  # noqa: E402
+
 from signs_jax._runtime import set_up  # noqa: E402
 
 REPORT_AT = (1, 3, 9, 15, 30, 45, 90, 150)
@@ -53,15 +55,18 @@ def main(argv=None) -> int:
     import optax
 
     from signs_jax.augment import augment
-    from signs_jax.data import load_dataset
-    from signs_jax.predict import logits_of
+    from signs_jax.predict import load_images, logits_of
     from signs_jax.weights import load_weights
 
     weights = load_weights(args.run)
-    data = load_dataset(args.data, tuple(weights.model.input_shape[:2]))
-    test_files = sorted((args.data / "test").glob("*/*"), key=lambda f: (int(f.parent.name), f.name))
+    size = tuple(weights.model.input_shape[:2])
+    test_files, test_y = labelled_photos(args.data / "test", weights.class_names)
+    _, test_x = load_images(test_files, size)
+    train_files, train_y = labelled_photos(args.data / "train", weights.class_names)
+    _, train_x = load_images(train_files, size)
     same = np.array([int(re.search(r"(\d+)", f.name).group(1)) < args.same_below for f in test_files])
-    test_x, test_y = data.test.images.astype(np.float32) / 255.0, data.test.labels
+    params = weights.variables["params"]
+    rest = {k: v for k, v in weights.variables.items() if k != "params"}
 
     def report(params, label):
         right = logits_of(weights.model, {**rest, "params": params}, test_x, 128).argmax(1) == test_y
@@ -71,8 +76,6 @@ def main(argv=None) -> int:
             flush=True,
         )
 
-    params = weights.variables["params"]
-    rest = {k: v for k, v in weights.variables.items() if k != "params"}
     mask = trainable(params, args.params)
     if args.optimizer == "adam":
         base = optax.adamw(args.lr, eps=1e-7, weight_decay=0.0)
@@ -94,7 +97,6 @@ def main(argv=None) -> int:
 
     print(f"{args.run} on {args.data}: {args.params} parameters, {args.optimizer} lr {args.lr:g}")
     report(params, "start")
-    train_x, train_y = data.train.images.astype(np.float32) / 255.0, data.train.labels
     rng, key = np.random.default_rng(args.seed), jax.random.PRNGKey(args.seed)
     for n in range(1, args.steps + 1):
         batch = rng.choice(len(train_y), min(16, len(train_y)), replace=False)

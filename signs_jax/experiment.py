@@ -181,7 +181,7 @@ def load_run_data(config: TrainConfig, directory: Optional[Path] = None, split_f
     dataset = load_run_test_data(
         directory, data.image_size, data.test_fraction, config.run.seed, split_file, data.interpolation, data.jpeg_draft
     )
-    if config.data.val_at_least_one and dataset.validation is not None:
+    if data.val_at_least_one and dataset.validation is not None:
         return dataset  # image folders with their own validation folder
     return hold_out_validation(
         dataset, config.recipe.val_fraction, config.run.seed, at_least_one=config.data.val_at_least_one
