@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from .errors import UserError
-from .images import DEFAULT_INTERPOLATION, INTERPOLATIONS
+from .images import DEFAULT_INTERPOLATION, INTERPOLATIONS, Decoding
 from .recipes import DEFAULT_RECIPE, FINETUNE_RECIPE, RECIPES, Recipe
 
 # The original model: (blocks, [F1, F2, F3]) for stages 2..5, stride 1 on stage 2 and 2 on the others.
@@ -72,6 +72,10 @@ class DataConfig:
     # existed trained on RECORDED_FOLDER_DECODING and keep it.
     interpolation: str = DEFAULT_INTERPOLATION
     jpeg_draft: bool = True
+
+    @property
+    def decoding(self) -> Decoding:
+        return Decoding(self.interpolation, self.jpeg_draft)
 
 
 @dataclasses.dataclass(frozen=True)

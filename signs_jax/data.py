@@ -20,7 +20,7 @@ import numpy as np
 
 from . import config
 from .errors import UserError
-from .images import DEFAULT_INTERPOLATION, IMAGE_SUFFIXES, ImageError, decode_image
+from .images import IMAGE_SUFFIXES, PREDICT_DECODING, Decoding, ImageError, decode_image
 
 # The SIGNS h5 pair shipped inside the package (see its README.md), and the sha256 of each file as
 # scripts/package_signs.py wrote it: loading the packaged copy checks them, so a damaged install is
@@ -158,8 +158,7 @@ def load_dataset(
     *,
     test_fraction: float = DEFAULT_TEST_FRACTION,
     seed: int = 0,
-    interpolation: str = DEFAULT_INTERPOLATION,
-    jpeg_draft: bool = True,
+    decoding: Decoding = PREDICT_DECODING,
 ) -> Dataset:
     """The data set in `directory`, in the first of these layouts that it has:
 
@@ -169,8 +168,8 @@ def load_dataset(
     - class sub-folders of images and nothing else (`split_class_folders`): `test_fraction` of each class,
       chosen by `seed`, is the test set; `files` names the files of each split.
 
-    `image_size` resizes image folders (default: the first training image's size) with `interpolation` and
-    `jpeg_draft`, as `images.decode_image` does (by default as predict does); h5 images stay as stored.
+    `image_size` resizes image folders (default: the first training image's size) as `decoding` says (by
+    default as predict does); h5 images stay as stored.
     The packaged copy (`PACKAGED_SIGNS`) is checksum-verified first.
     """
     directory = Path(directory)
@@ -186,7 +185,7 @@ def load_dataset(
     test = [p for n, p in sorted(folders.items()) if n.startswith("test")]
     val = [p for n, p in sorted(folders.items()) if n.startswith("val")]
     if train and test:
-        return load_image_folders(train[0], test[0], val[0] if val else None, image_size, interpolation, jpeg_draft)
+        return load_image_folders(train[0], test[0], val[0] if val else None, image_size, decoding)
     if train or test:  # half a split: not to be mistaken for a class named "train" or "test"
         raise UserError(
             f"{directory}: has a {(train or test)[0].name}/ folder but no {'test' if train else 'train'}*/ folder "
@@ -194,14 +193,7 @@ def load_dataset(
         )
     if not folders:
         raise UserError(missing_data_message(directory))
-    return load_class_folders(
-        directory,
-        image_size,
-        test_fraction=test_fraction,
-        seed=seed,
-        interpolation=interpolation,
-        jpeg_draft=jpeg_draft,
-    )
+    return load_class_folders(directory, image_size, test_fraction=test_fraction, seed=seed, decoding=decoding)
 
 
 def _classes(class_names: Sequence[str], indices) -> str:
@@ -345,7 +337,7 @@ def _class_sort_key(name: str):
 
 
 def _read_listings(
-    listings, image_size, interpolation: str = DEFAULT_INTERPOLATION, jpeg_draft: bool = True
+    listings, image_size, decoding: Decoding = PREDICT_DECODING
 ) -> Tuple[Dict[str, Split], Tuple[str, ...], Dict[str, List[Path]]]:
     """Every listed (file, class) decoded: the splits, the class names, and the files each split kept.
 
@@ -368,7 +360,7 @@ def _read_listings(
         images, labels, paths = [], [], []
         for path, cls in items:
             try:
-                images.append(decode_image(path, image_size, interpolation, exif=True, draft=jpeg_draft))
+                images.append(decode_image(path, image_size, decoding.interpolation, exif=True, draft=decoding.draft))
                 labels.append(index[cls])
                 paths.append(path)
             except ImageError as err:  # its message names the file and says why
@@ -385,13 +377,13 @@ def _read_listings(
 
 
 def load_image_folders(
-    train_dir, test_dir, val_dir=None, image_size=None, interpolation=DEFAULT_INTERPOLATION, jpeg_draft=True
+    train_dir, test_dir, val_dir=None, image_size=None, decoding: Decoding = PREDICT_DECODING
 ) -> Dataset:
     """Image folders as a Dataset; unreadable files are skipped with one warning that lists them."""
     listings = {"train": list_images(train_dir), "test": list_images(test_dir)}
     if val_dir is not None:
         listings["validation"] = list_images(val_dir)
-    splits, class_names, _ = _read_listings(listings, image_size, interpolation, jpeg_draft)
+    splits, class_names, _ = _read_listings(listings, image_size, decoding)
     warn_missing_classes(class_names, splits["train"].labels, splits["test"].labels, train_dir, test_dir)
     source = f"{Path(train_dir).parent} (image folders)"
     return Dataset(splits["train"], splits["test"], class_names, source, splits.get("validation"))
@@ -430,8 +422,7 @@ def load_class_folders(
     *,
     test_fraction: float = DEFAULT_TEST_FRACTION,
     seed: int = 0,
-    interpolation: str = DEFAULT_INTERPOLATION,
-    jpeg_draft: bool = True,
+    decoding: Decoding = PREDICT_DECODING,
 ) -> Dataset:
     """A folder of class sub-folders, split into train and test by `split_class_folders`.
 
@@ -464,7 +455,7 @@ def load_class_folders(
             f"{directory}: too few images to split off a test set (a class needs two images to give one to it)"
         )
     listings = {"train": [items[i] for i in train_idx], "test": [items[i] for i in test_idx]}
-    splits, class_names, kept = _read_listings(listings, image_size, interpolation, jpeg_draft)
+    splits, class_names, kept = _read_listings(listings, image_size, decoding)
     warn_missing_classes(class_names, splits["train"].labels, splits["test"].labels, directory, directory)
     files = {name: tuple(_relative_name(p, directory) for p in paths) for name, paths in kept.items()}
     source = f"{directory} (class folders, test fraction {test_fraction:g}, seed {seed})"
@@ -543,19 +534,11 @@ def load_run_test_data(
     test_fraction: float,
     seed: int,
     split_file=None,
-    interpolation: str = DEFAULT_INTERPOLATION,
-    jpeg_draft: bool = True,
+    decoding: Decoding = PREDICT_DECODING,
 ) -> Dataset:
     """A run's data as `load_dataset` makes it with the run's `test_fraction`, `seed` and folder decoding, checked
     against the run's recorded split (`check_split`) when `split_file` is given and exists."""
-    dataset = load_dataset(
-        directory,
-        image_size,
-        test_fraction=test_fraction,
-        seed=seed,
-        interpolation=interpolation,
-        jpeg_draft=jpeg_draft,
-    )
+    dataset = load_dataset(directory, image_size, test_fraction=test_fraction, seed=seed, decoding=decoding)
     if split_file is not None and Path(split_file).is_file():
         check_split(dataset, split_file)
     return dataset

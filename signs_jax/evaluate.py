@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 from . import cli
-from .images import DEFAULT_INTERPOLATION
+from .images import PREDICT_DECODING, Decoding
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,8 +103,7 @@ class RunSplit(NamedTuple):
     test_fraction: float
     seed: int
     split_file: Optional[Path]
-    interpolation: str = DEFAULT_INTERPOLATION
-    jpeg_draft: bool = True
+    decoding: Decoding = PREDICT_DECODING
 
 
 def _run_split(run_dir, data_dir, data_dir_given: bool) -> RunSplit:
@@ -127,7 +126,7 @@ def _run_split(run_dir, data_dir, data_dir_given: bool) -> RunSplit:
     if not own:
         return RunSplit(config.data.test_fraction, config.run.seed, None)
     data, split_file = config.data, Path(run_dir) / SPLIT_FILE
-    return RunSplit(data.test_fraction, config.run.seed, split_file, data.interpolation, data.jpeg_draft)
+    return RunSplit(data.test_fraction, config.run.seed, split_file, data.decoding)
 
 
 def run(args) -> int:

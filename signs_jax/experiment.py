@@ -179,7 +179,7 @@ def load_run_data(config: TrainConfig, directory: Optional[Path] = None, split_f
     directory = Path(directory) if directory is not None else cli.data_dir(config.data.dir)
     data = config.data
     dataset = load_run_test_data(
-        directory, data.image_size, data.test_fraction, config.run.seed, split_file, data.interpolation, data.jpeg_draft
+        directory, data.image_size, data.test_fraction, config.run.seed, split_file, data.decoding
     )
     if data.val_at_least_one and dataset.validation is not None:
         return dataset  # image folders with their own validation folder

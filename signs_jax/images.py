@@ -16,7 +16,7 @@ numpy and Pillow are imported inside the functions so that `--help` stays fast.
 import os
 import threading
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Tuple
 
 from .errors import UserError
 from .framing import DEFAULT_FIT, check_fit, render_pixels
@@ -28,6 +28,17 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 MAX_PIXELS = 100_000_000  # larger declared sizes are refused as decompression bombs (a 48 MP photo is fine)
 _PROCESS_WIDE_SETTINGS = threading.Lock()
 DRAFT_FACTOR = 4  # JPEG DCT-scaled decoding keeps at least 4x the target size for the final filter
+
+
+class Decoding(NamedTuple):
+    """How training's image folders become pixels: `decode_image`'s resize filter and JPEG draft decoding.
+    The default is how predict reads a photo."""
+
+    interpolation: str = DEFAULT_INTERPOLATION
+    draft: bool = True
+
+
+PREDICT_DECODING = Decoding()
 
 
 class ImageError(UserError):

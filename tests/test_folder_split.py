@@ -10,7 +10,7 @@ from PIL import Image
 
 from signs_jax import cli, data, evaluate
 from signs_jax.errors import UserError
-from signs_jax.images import DEFAULT_INTERPOLATION
+from signs_jax.images import DEFAULT_INTERPOLATION, Decoding
 
 CLASSES = ("cat", "dog", "fox")
 PER_CLASS = 7
@@ -274,25 +274,20 @@ def write_config(run: Path, cfg) -> Path:
 def test_evaluate_splits_with_the_runs_fraction_and_seed(folder, tmp_path):
     run = write_config(tmp_path / "old", {"seed": 3, "data_dir": str(folder)})
     # decoded as the run trained: runs recorded before the decoding was, with the bilinear filter
-    assert evaluate._run_split(run, folder, data_dir_given=False) == (0.2, 3, run / data.SPLIT_FILE, "bilinear", False)
-    run = write_config(tmp_path / "new", {"data": {"test_fraction": 0.3, "dir": str(folder)}, "run": {"seed": 5}})
+    bilinear_without_draft = Decoding("bilinear", draft=False)
+    as_predict_reads = Decoding(DEFAULT_INTERPOLATION, draft=True)
     assert evaluate._run_split(run, folder, data_dir_given=False) == (
-        0.3,
-        5,
+        0.2,
+        3,
         run / data.SPLIT_FILE,
-        DEFAULT_INTERPOLATION,
-        True,
+        bilinear_without_draft,
     )
+    run = write_config(tmp_path / "new", {"data": {"test_fraction": 0.3, "dir": str(folder)}, "run": {"seed": 5}})
+    assert evaluate._run_split(run, folder, data_dir_given=False) == (0.3, 5, run / data.SPLIT_FILE, as_predict_reads)
     assert evaluate._run_split(run, folder, data_dir_given=True)[2] == run / data.SPLIT_FILE  # the same folder
     # other data: not recorded, and decoded as predict decodes photos
-    assert evaluate._run_split(run, tmp_path / "other", data_dir_given=True) == (
-        0.3,
-        5,
-        None,
-        DEFAULT_INTERPOLATION,
-        True,
-    )
-    no_run = (data.DEFAULT_TEST_FRACTION, 0, None, DEFAULT_INTERPOLATION, True)
+    assert evaluate._run_split(run, tmp_path / "other", data_dir_given=True) == (0.3, 5, None, as_predict_reads)
+    no_run = (data.DEFAULT_TEST_FRACTION, 0, None, as_predict_reads)
     assert evaluate._run_split(None, folder, data_dir_given=True) == no_run
 
 
