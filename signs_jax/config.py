@@ -149,6 +149,7 @@ def _plain(value):
 
 # How image folders were decoded before DataConfig recorded it: Pillow's bilinear filter, no JPEG draft decoding.
 RECORDED_FOLDER_DECODING = {"interpolation": "bilinear", "jpeg_draft": False}
+RECORDED_SECTIONS = {"recipe_name", "recipe", "model", "data", "run"}
 
 
 def _upgrade(raw: Dict[str, Any]) -> Dict[str, Any]:
@@ -156,8 +157,10 @@ def _upgrade(raw: Dict[str, Any]) -> Dict[str, Any]:
     sections, and the folder decoding they trained with where they did not record it."""
     if "run" in raw or isinstance(raw.get("data"), dict):
         data = dict(raw.get("data") or {})
-        # A run records every data field; a config written by hand may leave some out and gets the defaults.
-        if {"dir", "image_size", "test_fraction"} <= data.keys() and not data.keys() & RECORDED_FOLDER_DECODING.keys():
+        # A run records every section and every data field (to_dict); a config written by hand names what it
+        # changes and gets the defaults for the rest, predict's decoding among them.
+        recorded = RECORDED_SECTIONS <= raw.keys() and {"dir", "image_size", "test_fraction"} <= data.keys()
+        if recorded and not data.keys() & RECORDED_FOLDER_DECODING.keys():
             raw = {**raw, "data": {**data, **RECORDED_FOLDER_DECODING}}
         return raw
     recipe = dict(raw.get("recipe") or {})

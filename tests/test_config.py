@@ -193,3 +193,13 @@ def test_runs_recorded_before_folders_decoded_as_predict_keep_their_bilinear_pix
         dataset = load_run_data(cfg, tmp_path)
         np.testing.assert_array_equal(dataset.test.images[0], decode_image(photo, (64, 64), filter_name, draft=draft))
     assert not np.array_equal(decode_image(photo, (64, 64), "bilinear", draft=False), decode_image(photo, (64, 64)))
+
+
+def test_a_hand_written_json_config_decodes_folders_as_predict_does(tmp_path):
+    """Only what a run recorded before the folder decoding was is read with the old decoding; a JSON config a
+    user writes, however many data fields it names, trains on the pixels predict will later see."""
+    path = tmp_path / "mine.json"
+    data = {"dir": str(tmp_path), "image_size": [64, 64], "test_fraction": 0.3}
+    path.write_text(json.dumps({"data": data, "run": {"seed": 2}}))
+    cfg = config.load_config(str(path))
+    assert (cfg.data.interpolation, cfg.data.jpeg_draft) == (DataConfig().interpolation, True)
