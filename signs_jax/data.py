@@ -582,6 +582,44 @@ def hold_out_validation(dataset: Dataset, fraction: float, seed: int, at_least_o
     return dataset._replace(train=train, validation=val, files=files)
 
 
+def with_rehearsal(dataset: Dataset, per_class: int, seed: int, decoding: Decoding = PREDICT_DECODING) -> Dataset:
+    """`dataset` with `per_class` packaged SIGNS training images of each class appended to its training part,
+    chosen by `seed` and resized with `decoding`'s filter to the dataset's image size; unchanged when its
+    classes are not SIGNS's (their images would teach wrong labels) or `per_class` is 0.
+
+    Validation and test stay as they are, and `files` keeps naming the folder's own files: what the run is
+    checked on is the user's photos only.
+    """
+    if per_class <= 0:
+        return dataset
+    signs = load_signs()
+    if tuple(map(str, dataset.class_names)) != signs.class_names:
+        return dataset
+    rng = np.random.default_rng([seed, 11])
+    chosen = np.concatenate(
+        [rng.choice(np.flatnonzero(signs.train.labels == c), per_class, replace=False) for c in range(6)]
+    )
+    images = signs.train.images[chosen]
+    height, width = dataset.image_shape[:2]
+    if images.shape[1:3] != (height, width):
+        from PIL import Image
+
+        from .images import resample_filter
+
+        images = np.stack(
+            [
+                np.asarray(Image.fromarray(i).resize((width, height), resample_filter(decoding.interpolation)))
+                for i in images
+            ]
+        )
+    train = Split(
+        np.concatenate([dataset.train.images, images]),
+        np.concatenate([dataset.train.labels, signs.train.labels[chosen]]),
+    )
+    source = f"{dataset.source} + {per_class} SIGNS training images a class (rehearsal)"
+    return dataset._replace(train=train, source=source)
+
+
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
     """The order of epoch `epoch`: a function of (seed, epoch) only, so a resumed run sees the same batches."""
     return np.random.default_rng([seed, epoch]).permutation(n)

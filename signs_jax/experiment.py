@@ -174,18 +174,18 @@ def load_run_data(config: TrainConfig, directory: Optional[Path] = None, split_f
     """The data of a run as it trains on it: its directory (default: as recorded), image size and splits (class
     folders split into train and test by data.test_fraction and the seed, checked against `split_file` when
     it exists; then the validation hold-out)."""
-    from .data import hold_out_validation, load_run_test_data
+    from .data import hold_out_validation, load_run_test_data, with_rehearsal
 
     directory = Path(directory) if directory is not None else cli.data_dir(config.data.dir)
     data = config.data
     dataset = load_run_test_data(
         directory, data.image_size, data.test_fraction, config.run.seed, split_file, data.decoding
     )
-    if data.val_at_least_one and dataset.validation is not None:
-        return dataset  # image folders with their own validation folder
-    return hold_out_validation(
-        dataset, config.recipe.val_fraction, config.run.seed, at_least_one=config.data.val_at_least_one
-    )
+    if not (data.val_at_least_one and dataset.validation is not None):  # else image folders with a val/ folder
+        dataset = hold_out_validation(
+            dataset, config.recipe.val_fraction, config.run.seed, at_least_one=config.data.val_at_least_one
+        )
+    return with_rehearsal(dataset, config.recipe.rehearsal_per_class, config.run.seed, data.decoding)
 
 
 def _check_against_data(config: TrainConfig, dataset) -> None:

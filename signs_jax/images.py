@@ -45,7 +45,8 @@ class ImageError(UserError):
     """One unreadable or unusable image (the message names the file and the reason)."""
 
 
-def _resample(name: str):
+def resample_filter(name: str):
+    """The Pillow filter called `name` (one of INTERPOLATIONS)."""
     from PIL import Image
 
     return {
@@ -174,7 +175,7 @@ def decode_image(
                         img = ImageOps.exif_transpose(img)
                     img = to_rgb(img)
                     if target:
-                        return render_pixels(img, target, fit, _resample(interpolation), views)
+                        return render_pixels(img, target, fit, resample_filter(interpolation), views)
                     return np.asarray(img, dtype=np.uint8)
         except ImageError:
             raise

@@ -46,6 +46,10 @@ class Recipe:
     # Re-estimate them on augmented copies of those images (one fixed draw per run) rather than clean ones:
     # statistics of the training distribution, which a wide augmentation makes wider than SIGNS's.
     bn_recalibration_augmented: bool = False
+    # Fine-tuning: add this many of the packaged SIGNS training images of each class to the training part
+    # (never to the held-out or test photos) when the run's classes are SIGNS's. Photos of one setting alone
+    # teach that setting at the expense of the others; rehearsing SIGNS keeps more of them (docs/finetune.md).
+    rehearsal_per_class: int = 0
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})

@@ -161,3 +161,59 @@ def test_hold_out_at_least_one_image_of_every_class_that_has_two():
     assert np.bincount(held.validation.labels, minlength=3).tolist() == [0, 1, 1]
     assert np.bincount(held.train.labels, minlength=3).tolist() == [1, 1, 4]
     assert hold_out_validation(dataset._replace(train=Split(images[:1], labels[:1])), 0.2, 0, True).validation is None
+
+
+def _signs_like_folder(root: Path, per_class: int, side: int) -> Path:
+    """`root/<0..5>/`: a few generated photos under SIGNS's class names, as a user's own photos would be."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    for label in range(6):
+        (root / str(label)).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / str(label) / f"p{i}.png")
+    return root
+
+
+def test_rehearsal_adds_signs_training_images_to_the_training_part_only(tmp_path):
+    """Fine-tuning on one setting's photos rehearses SIGNS: real SIGNS training images of every class join the
+    training part, resized to the run's size, while the held-out and test photos stay the user's own."""
+    from signs_jax.config import TrainConfig
+    from signs_jax.data import load_signs
+    from signs_jax.experiment import load_run_data
+
+    folder = _signs_like_folder(tmp_path / "mine", per_class=5, side=64)
+    cfg = TrainConfig(recipe_name="finetune").with_recipe()
+    cfg = cfg.replace(**{"data.image_size": (64, 64), "recipe.rehearsal_per_class": 3, "run.seed": 1})
+    plain = load_run_data(cfg.replace(**{"recipe.rehearsal_per_class": 0}), folder)
+    rehearsed = load_run_data(cfg, folder)
+
+    signs = load_signs().train
+    assert len(rehearsed.train.labels) == len(plain.train.labels) + 6 * 3
+    np.testing.assert_array_equal(rehearsed.validation.images, plain.validation.images)
+    np.testing.assert_array_equal(rehearsed.test.images, plain.test.images)
+    added = len(plain.train.labels)
+    np.testing.assert_array_equal(rehearsed.train.images[:added], plain.train.images)
+    for image, label in zip(rehearsed.train.images[added:], rehearsed.train.labels[added:]):
+        matches = np.flatnonzero((signs.images == image).all(axis=(1, 2, 3)))
+        assert len(matches) >= 1 and signs.labels[matches[0]] == label  # a SIGNS training image, its own class
+    assert np.bincount(rehearsed.train.labels[added:], minlength=6).tolist() == [3] * 6
+    assert "3 SIGNS training images a class" in rehearsed.source  # in the line a run starts with
+    other_seed = load_run_data(cfg.replace(**{"run.seed": 2}), folder)
+    assert not np.array_equal(other_seed.train.images[added:], rehearsed.train.images[added:])
+    np.testing.assert_array_equal(load_run_data(cfg, folder).train.images, rehearsed.train.images)  # resumable
+
+    small = load_run_data(cfg.replace(**{"data.image_size": (32, 32)}), folder)
+    assert small.train.images.shape[1:] == (32, 32, 3) and len(small.train.labels) == len(rehearsed.train.labels)
+
+
+def test_rehearsal_leaves_other_classes_alone(tmp_path):
+    """Photos of other classes than SIGNS's: SIGNS images would teach wrong labels, so none are added."""
+    from signs_jax.config import TrainConfig
+    from signs_jax.experiment import load_run_data
+
+    _pictures(tmp_path / "mine", ("dark", "bright"), 6, 32, seed=0)
+    cfg = TrainConfig(recipe_name="finetune").with_recipe().replace(**{"recipe.rehearsal_per_class": 3})
+    dataset = load_run_data(cfg, tmp_path / "mine")
+    assert len(dataset.train.labels) + len(dataset.validation.labels) + len(dataset.test.labels) == 12
