@@ -107,6 +107,7 @@ RECIPES = {
         freeze_batch_norm=True,
         val_fraction=0.2,
         test_each_epoch=False,
+        rehearsal_per_class=180,  # all of SIGNS's training images
     ),
 }
 # Time to accuracy (docs/speedrun.md): the first default's optimiser and schedule in bfloat16, with shifts as the only

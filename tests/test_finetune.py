@@ -217,3 +217,14 @@ def test_rehearsal_leaves_other_classes_alone(tmp_path):
     cfg = TrainConfig(recipe_name="finetune").with_recipe().replace(**{"recipe.rehearsal_per_class": 3})
     dataset = load_run_data(cfg, tmp_path / "mine")
     assert len(dataset.train.labels) + len(dataset.validation.labels) + len(dataset.test.labels) == 12
+
+
+@pytest.mark.slow
+def test_finetuning_photos_of_the_signs_classes_rehearses_all_of_signs_by_default(start_workdir, tmp_path, capsys):
+    photos = _signs_like_folder(tmp_path / "photos", per_class=3, side=72)  # 1 test, 1 held out, 1 trained on
+    code = run_train(
+        "--init-from", start_workdir, "--data-dir", photos, "--workdir", tmp_path / "w", "--epochs", 1, *QUIET
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "+ 180 SIGNS training images a class (rehearsal), 1086 train / 6 test images" in out
