@@ -47,8 +47,8 @@ class Recipe:
     # statistics of the training distribution, which a wide augmentation makes wider than SIGNS's.
     bn_recalibration_augmented: bool = False
     # Fine-tuning: add this many of the packaged SIGNS training images of each class to the training part
-    # (never to the held-out or test photos) when the run's classes are SIGNS's. It trades the user's own
-    # setting for the others, more or less depending on the photos, so no recipe turns it on (docs/finetune.md).
+    # (never to the held-out or test photos) when the run's classes are SIGNS's. A few a class keep more of the
+    # other settings that one setting's photos teach away; many give the user's own setting up (docs/finetune.md).
     rehearsal_per_class: int = 0
 
     def replace(self, **changes) -> "Recipe":
@@ -107,6 +107,7 @@ RECIPES = {
         freeze_batch_norm=True,
         val_fraction=0.2,
         test_each_epoch=False,
+        rehearsal_per_class=10,
     ),
 }
 # Time to accuracy (docs/speedrun.md): the first default's optimiser and schedule in bfloat16, with shifts as the only

@@ -220,12 +220,12 @@ def test_rehearsal_leaves_other_classes_alone(tmp_path):
 
 
 @pytest.mark.slow
-def test_rehearsal_asked_for_on_the_command_line_trains_on_signs_too(start_workdir, tmp_path, capsys):
+def test_finetuning_photos_of_the_signs_classes_rehearses_signs(start_workdir, tmp_path, capsys):
     photos = _signs_like_folder(tmp_path / "photos", per_class=3, side=72)  # 1 test, 1 held out, 1 trained on
     args = ["--init-from", start_workdir, "--data-dir", photos, "--epochs", 1, *QUIET]
-    assert run_train(*args, "--workdir", tmp_path / "plain") == 0
-    assert ", 6 train / 6 test images" in capsys.readouterr().out  # the recipe's default: the photos alone
-    code = run_train(*args, "--workdir", tmp_path / "w", "--set", "recipe.rehearsal_per_class=180")
+    assert run_train(*args, "--workdir", tmp_path / "default") == 0
+    assert "+ 10 SIGNS training images a class (rehearsal), 66 train / 6 test images" in capsys.readouterr().out
+    code = run_train(*args, "--workdir", tmp_path / "w", "--set", "recipe.rehearsal_per_class=0")
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "+ 180 SIGNS training images a class (rehearsal), 1086 train / 6 test images" in out
+    assert "(rehearsal)" not in out and ", 6 train / 6 test images" in out
