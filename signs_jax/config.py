@@ -511,8 +511,9 @@ def validate(config: TrainConfig, label=lambda key: key) -> None:
         value = getattr(recipe, key)
         if value is not None and not (_finite(value) and 0 <= value < 1):
             bad(f"recipe.{key}", value, "must be at least 0 and below 1")
-    if recipe.bn_recalibration_images < 0:
-        bad("recipe.bn_recalibration_images", recipe.bn_recalibration_images, "must be 0 or more")
+    for key in ("bn_recalibration_images", "rehearsal_per_class"):
+        if getattr(recipe, key) < 0:
+            bad(f"recipe.{key}", getattr(recipe, key), "must be 0 or more")
     choices = {"optimizer": ("adam", "adamw", "sgd"), "schedule": ("constant", "cosine"), "augment_policy": POLICIES}
     for key, allowed in choices.items():
         if getattr(recipe, key) not in allowed:

@@ -583,8 +583,8 @@ def hold_out_validation(dataset: Dataset, fraction: float, seed: int, at_least_o
 
 
 def with_rehearsal(dataset: Dataset, per_class: int, seed: int, decoding: Decoding = PREDICT_DECODING) -> Dataset:
-    """`dataset` with `per_class` packaged SIGNS training images of each class appended to its training part,
-    chosen by `seed` and resized with `decoding`'s filter to the dataset's image size; unchanged when its
+    """`dataset` with `per_class` packaged SIGNS training images of each class (all 180 at most) appended to its
+    training part, chosen by `seed` and resized with `decoding`'s filter to the dataset's image size; unchanged when its
     classes are not SIGNS's (their images would teach wrong labels) or `per_class` is 0.
 
     Validation and test stay as they are, and `files` keeps naming the folder's own files: what the run is
@@ -596,9 +596,8 @@ def with_rehearsal(dataset: Dataset, per_class: int, seed: int, decoding: Decodi
     if tuple(map(str, dataset.class_names)) != signs.class_names:
         return dataset
     rng = np.random.default_rng([seed, 11])
-    chosen = np.concatenate(
-        [rng.choice(np.flatnonzero(signs.train.labels == c), per_class, replace=False) for c in range(6)]
-    )
+    members = [np.flatnonzero(signs.train.labels == c) for c in range(signs.num_classes)]
+    chosen = np.concatenate([rng.choice(m, min(per_class, len(m)), replace=False) for m in members])
     images = signs.train.images[chosen]
     height, width = dataset.image_shape[:2]
     if images.shape[1:3] != (height, width):

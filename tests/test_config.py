@@ -83,6 +83,7 @@ def test_recipe_then_its_fields_in_any_order():
         ("model.stage_sizes=1,x", "--set model.stage_sizes=1,x: expected a comma-separated list of whole numbers"),
         ("recipe.optimizer=adagrad", "--set recipe.optimizer adagrad: choose from adam, adamw, sgd"),
         ("recipe.label_smoothing=1.5", "--set recipe.label_smoothing 1.5: must be below 1"),
+        ("recipe.rehearsal_per_class=-5", "--set recipe.rehearsal_per_class -5: must be 0 or more"),
         ("model.width=0", "--width 0.0: must be above 0"),
         ("recipe_name=fancy", "recipe 'fancy': choose from"),
     ],

@@ -229,3 +229,13 @@ def test_finetuning_photos_of_the_signs_classes_rehearses_signs(start_workdir, t
     out = capsys.readouterr().out
     assert code == 0, out
     assert "(rehearsal)" not in out and ", 6 train / 6 test images" in out
+
+
+def test_rehearsal_of_more_images_than_signs_has_rehearses_them_all(tmp_path):
+    from signs_jax.config import TrainConfig
+    from signs_jax.experiment import load_run_data
+
+    folder = _signs_like_folder(tmp_path / "mine", per_class=3, side=64)
+    cfg = TrainConfig(recipe_name="finetune").with_recipe().replace(**{"recipe.rehearsal_per_class": 1000})
+    dataset = load_run_data(cfg, folder)
+    assert np.bincount(dataset.train.labels, minlength=6).tolist() == [180 + 1] * 6
