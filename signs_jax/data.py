@@ -20,7 +20,7 @@ import numpy as np
 
 from . import config
 from .errors import UserError
-from .images import IMAGE_SUFFIXES, PREDICT_DECODING, Decoding, ImageError, decode_image
+from .images import IMAGE_SUFFIXES, PREDICT_DECODING, Decoding, ImageError, decode_image, resized_pixels
 
 # The SIGNS h5 pair shipped inside the package (see its README.md), and the sha256 of each file as
 # scripts/package_signs.py wrote it: loading the packaged copy checks them, so a damaged install is
@@ -598,24 +598,12 @@ def with_rehearsal(dataset: Dataset, per_class: int, seed: int, decoding: Decodi
     rng = np.random.default_rng([seed, 11])
     members = [np.flatnonzero(signs.train.labels == c) for c in range(signs.num_classes)]
     chosen = np.concatenate([rng.choice(m, min(per_class, len(m)), replace=False) for m in members])
-    images = signs.train.images[chosen]
-    height, width = dataset.image_shape[:2]
-    if images.shape[1:3] != (height, width):
-        from PIL import Image
-
-        from .images import resample_filter
-
-        images = np.stack(
-            [
-                np.asarray(Image.fromarray(i).resize((width, height), resample_filter(decoding.interpolation)))
-                for i in images
-            ]
-        )
+    images = resized_pixels(signs.train.images[chosen], dataset.image_shape[:2], decoding.interpolation)
     train = Split(
         np.concatenate([dataset.train.images, images]),
         np.concatenate([dataset.train.labels, signs.train.labels[chosen]]),
     )
-    source = f"{dataset.source} + {per_class} SIGNS training images a class (rehearsal)"
+    source = f"{dataset.source} + {len(chosen) // len(members)} SIGNS training images a class (rehearsal)"
     return dataset._replace(train=train, source=source)
 
 

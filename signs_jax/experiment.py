@@ -173,7 +173,7 @@ def resolve(config: TrainConfig, dataset, start=None) -> TrainConfig:
 def load_run_data(config: TrainConfig, directory: Optional[Path] = None, split_file: Optional[Path] = None):
     """The data of a run as it trains on it: its directory (default: as recorded), image size and splits (class
     folders split into train and test by data.test_fraction and the seed, checked against `split_file` when
-    it exists; then the validation hold-out)."""
+    it exists; then the validation hold-out, and the recipe's rehearsal of SIGNS added to the training part)."""
     from .data import hold_out_validation, load_run_test_data, with_rehearsal
 
     directory = Path(directory) if directory is not None else cli.data_dir(config.data.dir)

@@ -190,15 +190,12 @@ def _compiled_expected_gradients(model, samples: int):
 @functools.lru_cache(maxsize=4)
 def reference_images(size: Tuple[int, int], count: int = REFERENCE_IMAGES) -> np.ndarray:
     """(count, H, W, 3) float32 in [0, 1]: an even, fixed choice of the packaged SIGNS training photos at `size`."""
-    from PIL import Image
-
     from .data import load_signs
+    from .images import resized_pixels
 
     train = load_signs().train.images
     chosen = train[np.linspace(0, len(train) - 1, count).round().astype(int)]
-    if tuple(size) != chosen.shape[1:3]:
-        chosen = np.stack([np.asarray(Image.fromarray(im).resize(size[::-1], Image.BILINEAR)) for im in chosen])
-    return chosen.astype(np.float32) / 255.0
+    return resized_pixels(chosen, size, "bilinear").astype(np.float32) / 255.0
 
 
 @functools.lru_cache(maxsize=16)

@@ -59,6 +59,19 @@ def resample_filter(name: str):
     }[name]
 
 
+def resized_pixels(images, size: Tuple[int, int], interpolation: str = DEFAULT_INTERPOLATION):
+    """uint8 (N, H, W, 3) images at `size` = (height, width), resized one by one with the named filter; the same
+    array when they are that size already."""
+    import numpy as np
+    from PIL import Image
+
+    height, width = size
+    if tuple(images.shape[1:3]) == (height, width):
+        return images
+    resample = resample_filter(interpolation)
+    return np.stack([np.asarray(Image.fromarray(x).resize((width, height), resample)) for x in images])
+
+
 def to_rgb(img):
     """Any Pillow mode as 8-bit RGB.
 

@@ -239,3 +239,4 @@ def test_rehearsal_of_more_images_than_signs_has_rehearses_them_all(tmp_path):
     cfg = TrainConfig(recipe_name="finetune").with_recipe().replace(**{"recipe.rehearsal_per_class": 1000})
     dataset = load_run_data(cfg, folder)
     assert np.bincount(dataset.train.labels, minlength=6).tolist() == [180 + 1] * 6
+    assert "+ 180 SIGNS training images a class" in dataset.source  # what it rehearsed, not what was asked
